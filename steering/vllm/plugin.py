@@ -1,0 +1,74 @@
+"""vLLM general plugin (entry point ``vllm.general_plugins: truthsteer``).
+
+Loaded by vLLM in every process. It registers the steering custom op and wraps two model-runner
+methods, doing nothing unless the engine was built with truthsteer's ``additional_config``:
+
+* ``load_model``: after the weights are loaded and before the first (compiling) forward pass,
+  install a :class:`~steering.vllm.runtime.SteeringRuntime` on the runner: it hooks every decoder
+  layer with the custom op and owns the fixed-shape per-step tables.
+* ``_model_forward`` (vLLM's documented override point, called once per step inside the forward
+  context, outside any compiled region or CUDA graph): refresh the tables from this step's batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+_PATCHED = "_truthsteer_patched"
+
+
+def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def load_model(self: Any, *args: Any, **kwargs: Any) -> Any:
+        out = fn(self, *args, **kwargs)
+        from steering.vllm.config import WorkerConfig
+        from steering.vllm.runtime import SteeringRuntime
+
+        cfg = WorkerConfig.from_vllm_config(self.vllm_config)
+        if cfg is not None and getattr(self, "truthsteer", None) is None:
+            self.truthsteer = SteeringRuntime.install(self, cfg)
+        return out
+
+    setattr(load_model, _PATCHED, True)
+    return load_model
+
+
+def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def _model_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        runtime = getattr(self, "truthsteer", None)
+        if runtime is not None:
+            runtime.prepare_step(self)
+        return fn(self, *args, **kwargs)
+
+    setattr(_model_forward, _PATCHED, True)
+    return _model_forward
+
+
+def _patch(cls: type, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]) -> None:
+    fn = cls.__dict__.get(name)
+    if fn is None or getattr(fn, _PATCHED, False):
+        return
+    setattr(cls, name, wrapper(fn))
+
+
+def register() -> None:
+    """Entry point: idempotent, cheap in processes that never build a model."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    import steering.vllm.custom_op  # noqa: F401  (registers torch.ops.truthsteer.steer)
+
+    runners: list[type] = [GPUModelRunner]
+    try:
+        from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+        runners.append(CPUModelRunner)
+    except ImportError:  # GPU-only builds
+        pass
+    for cls in runners:
+        _patch(cls, "load_model", _wrap_load_model)
+    _patch(GPUModelRunner, "_model_forward", _wrap_model_forward)

@@ -1,0 +1,238 @@
+"""Worker-side steering state: per-layer vector tables, per-step token tables, request plans.
+
+One :class:`SteeringRuntime` lives on each model runner (one per worker / tensor-parallel rank;
+the residual stream is replicated across TP ranks, so every rank applies the same deltas to the
+same values and the ranks stay consistent). Nothing here is global: the tables are buffers of the
+decoder layers themselves, which makes them inputs of the compiled graph, so in-place refreshes
+between steps are seen by compiled code and by CUDA-graph replays alike.
+
+Per step, :meth:`prepare_step` maps each scheduled token to its request (``query_start_loc``),
+looks up that request's resolved plan (from ``SamplingParams.extra_args``, parsed once per
+request), and writes ``(table row, a, b, strength)`` per layer, slot and token into numpy staging
+arrays that are copied to the device in bulk. Layers untouched this step and last step cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steering.bundle import DirectionBundle, load_bundle
+from steering.errors import SpecError
+from steering.model_info import ModelInfo
+from steering.ops import coefficients
+from steering.spec import EXTRA_ARGS_KEY, ResolvedOp
+from steering.vllm.config import WorkerConfig
+from steering.vllm.custom_op import steer_hook
+
+log = logging.getLogger(__name__)
+
+_POS_ALL, _POS_PROMPT, _POS_GENERATED = 0, 1, 2
+_POS_CODES = {"all": _POS_ALL, "prompt": _POS_PROMPT, "generated": _POS_GENERATED}
+
+
+@dataclass(frozen=True)
+class SlotEntry:
+    row: int
+    a: float
+    b: float
+    strength: float
+    positions: int
+
+
+Plan = dict[int, list[SlotEntry]]  # layer -> entries in slot order
+
+
+@dataclass(frozen=True)
+class LayerBuffers:
+    """Fixed-address tensors one decoder layer's steering op reads (see ``steer_hook``)."""
+
+    table: torch.Tensor  # [rows, H] unit vectors, row 0 zeros
+    idx: torch.Tensor  # [K, max_tokens] table row per slot and token
+    coef: torch.Tensor  # [K, 3, max_tokens] (a, b, strength) per slot and token
+    active: torch.Tensor  # [1] int32 on CPU: slots used this step
+
+
+def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The model's decoder-layer list (``model.model.layers`` for Llama/Qwen/Gemma)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.endswith("layers") and len(mod) == num_layers:
+            return mod
+    raise RuntimeError(f"truthsteer: no decoder-layer list of length {num_layers} in {type(model).__name__}")
+
+
+class SteeringRuntime:
+    def __init__(
+        self,
+        layers: nn.ModuleList,
+        bundles: Iterable[DirectionBundle],
+        hidden_size: int,
+        max_tokens: int,
+        max_ops_per_layer: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.num_layers = len(layers)
+        self.k = max_ops_per_layer
+        self.max_tokens = max_tokens
+        # rows[layer][direction] -> row in that layer's table; norms likewise
+        self.rows: list[dict[str, int]] = [{} for _ in range(self.num_layers)]
+        self.norms: list[dict[str, float]] = [{} for _ in range(self.num_layers)]
+        per_layer: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
+        for b in bundles:
+            for k, v in b.vectors.items():
+                self.rows[k][b.name] = len(per_layer[k]) + 1  # row 0 is the zero vector
+                self.norms[k][b.name] = float(torch.linalg.vector_norm(v))
+                per_layer[k].append(b.unit(k))
+        self.buffers: dict[int, LayerBuffers] = {}
+        self._handles: list[Any] = []
+        for i, module in enumerate(layers):
+            if type(module).__name__ == "PPMissingLayer":  # not on this pipeline stage
+                continue
+            table = torch.zeros(1 + len(per_layer[i]), hidden_size, dtype=dtype)
+            if per_layer[i]:
+                table[1:] = torch.stack(per_layer[i]).to(dtype)
+            bufs = LayerBuffers(
+                table=table.to(device),
+                idx=torch.zeros(self.k, max_tokens, dtype=torch.int64, device=device),
+                coef=torch.zeros(self.k, 3, max_tokens, dtype=torch.float32, device=device),
+                # CPU scalar: slots in use at this layer this step (lets the CPU op skip idle layers)
+                active=torch.zeros(1, dtype=torch.int32),
+            )
+            # registered as buffers of the layer so that the compiled graph takes them as inputs
+            for name, t in (("table", bufs.table), ("idx", bufs.idx), ("coef", bufs.coef), ("active", bufs.active)):
+                module.register_buffer(f"_ts_{name}", t, persistent=False)
+            self._handles.append(module.register_forward_hook(steer_hook))
+            self.buffers[i] = bufs
+        self.idx_np = np.zeros((self.num_layers, self.k, max_tokens), dtype=np.int64)
+        self.coef_np = np.zeros((self.num_layers, self.k, 3, max_tokens), dtype=np.float32)
+        self._prev_layers: set[int] = set()
+        self._prev_tokens = 0
+        self._plans: dict[str, Plan | None] = {}
+        self.rejected = 0
+
+    # ----------------------------------------------------------------- installation
+    @classmethod
+    def install(cls, runner: Any, cfg: WorkerConfig) -> SteeringRuntime:
+        hf = runner.model_config.hf_config
+        info = ModelInfo.from_hf_config(str(runner.model_config.model), hf)  # no fingerprint: checked at entry
+        bundles = [load_bundle(p, info, force=cfg.force) for p in cfg.directions]
+        names = [b.name for b in bundles]
+        if len(set(names)) != len(names):
+            raise ValueError(f"truthsteer: duplicate direction names in {names}")
+        model = runner.get_model()
+        layers = find_decoder_layers(model, info.num_layers)
+        rt = cls(
+            layers,
+            bundles,
+            hidden_size=info.hidden_size,
+            max_tokens=int(runner.max_num_tokens),
+            max_ops_per_layer=cfg.max_ops_per_layer,
+            device=runner.device,
+            dtype=runner.model_config.dtype,
+        )
+        log.info(
+            "truthsteer: steering op on %d layers, directions %s, %d slots x %d tokens",
+            len(rt.buffers), names, rt.k, rt.max_tokens,
+        )
+        return rt
+
+    # ----------------------------------------------------------------- request plans
+    def plan_for(self, ops: list[ResolvedOp]) -> Plan:
+        """Turn resolved ops into per-layer slot entries; raises SpecError if they do not fit."""
+        plan: Plan = {}
+        for op in ops:
+            pos = _POS_CODES.get(op.positions)
+            if pos is None:
+                raise SpecError(f"unknown positions {op.positions!r}")
+            for j, layer in enumerate(op.layers):
+                if layer not in self.buffers:
+                    raise SpecError(f"layer {layer} is not steerable on this worker")
+                row = self.rows[layer].get(op.direction)
+                if row is None:
+                    raise SpecError(f"direction {op.direction!r} has no vector at layer {layer}")
+                target = op.targets[j] if op.targets else None
+                a, b = coefficients(op.op, self.norms[layer][op.direction], target)
+                entries = plan.setdefault(layer, [])
+                if len(entries) >= self.k:
+                    raise SpecError(f"more than {self.k} operations on layer {layer}")
+                entries.append(SlotEntry(row, a, b, op.strength, pos))
+        return plan
+
+    def _plan(self, req_id: str, state: Any) -> Plan | None:
+        if req_id in self._plans:
+            return self._plans[req_id]
+        plan: Plan | None = None
+        params = getattr(state, "sampling_params", None)
+        extra = (getattr(params, "extra_args", None) or {}).get(EXTRA_ARGS_KEY) if params else None
+        raw = extra.get("steering") if isinstance(extra, dict) else None
+        if raw:
+            try:
+                plan = self.plan_for([ResolvedOp.from_wire(d) for d in raw]) or None
+            except (SpecError, KeyError, TypeError, ValueError) as e:
+                # Validated at the point of entry; a raw-vLLM caller may still send junk. Never
+                # let it take the engine down: run the request unsteered and count it.
+                self.rejected += 1
+                log.warning("truthsteer: ignoring invalid steering of request %s: %s", req_id, e)
+        self._plans[req_id] = plan
+        return plan
+
+    # ----------------------------------------------------------------- per step
+    def prepare_step(self, runner: Any) -> None:
+        ib = runner.input_batch
+        n = int(ib.num_reqs)
+        req_ids: list[str] = ib.req_ids[:n]
+        touched: dict[int, int] = {}
+        total = 0
+        if n:
+            qsl = runner.query_start_loc.np
+            total = int(qsl[n])
+            for i, rid in enumerate(req_ids):
+                plan = self._plan(rid, runner.requests.get(rid))
+                if plan is None:
+                    continue
+                s, e = int(qsl[i]), int(qsl[i + 1])
+                if e <= s:
+                    continue
+                # positions s..e-1 hold sequence positions ncomp..; those < num_prompt are prompt
+                n_prompt = int(ib.num_prompt_tokens[i]) - int(ib.num_computed_tokens_cpu[i])
+                split = s + min(max(n_prompt, 0), e - s)
+                for layer, entries in plan.items():
+                    touched.setdefault(layer, 0)
+                    for k, ent in enumerate(entries):
+                        lo, hi = (s, e) if ent.positions == _POS_ALL else (
+                            (s, split) if ent.positions == _POS_PROMPT else (split, e)
+                        )
+                        if hi <= lo:
+                            continue
+                        self.idx_np[layer, k, lo:hi] = ent.row
+                        self.coef_np[layer, k, :, lo:hi] = np.array(
+                            (ent.a, ent.b, ent.strength), dtype=np.float32
+                        )[:, None]
+                        touched[layer] = max(touched[layer], k + 1)
+        if len(self._plans) > n:  # forget requests that left the batch
+            live = set(req_ids)
+            for rid in [r for r in self._plans if r not in live]:
+                del self._plans[rid]
+        self._flush(touched, total)
+
+    def _flush(self, touched: dict[int, int], total: int) -> None:
+        span = max(total, self._prev_tokens)
+        for k in set(touched) | self._prev_layers:
+            bufs = self.buffers[k]
+            if span:
+                bufs.idx[:, :span].copy_(torch.from_numpy(self.idx_np[k, :, :span]))
+                bufs.coef[:, :, :span].copy_(torch.from_numpy(self.coef_np[k, :, :, :span]))
+            bufs.active.fill_(touched.get(k, 0))
+        # clear staging so the next step starts from zeros; the device copy above already holds it
+        for layer_i in touched:
+            self.idx_np[layer_i, :, :total] = 0
+            self.coef_np[layer_i, :, :, :total] = 0
+        self._prev_layers = {x for x, k in touched.items() if k > 0}
+        self._prev_tokens = total if self._prev_layers else 0
