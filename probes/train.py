@@ -1,9 +1,12 @@
 """Training directions and probes from activations: difference of means with a calibrated probe.
 
-For each layer the direction is ``mean(positive) - mean(negative)`` of the training activations
-(its natural scale: ``strength 1`` moves by one class difference). Statistics of the projections on
-the unit direction are recorded per layer; held-out AUROC picks the probe layer and the recommended
-steering layers; the probe is the mass-mean probe at that layer, Platt-calibrated on training data.
+For each layer the steering direction is ``mean(positive) - mean(negative)`` of the training
+activations (its natural scale: ``strength 1`` moves by one class difference), with statistics of
+the projections on the unit direction. A logistic probe per layer is scored on the held-out split;
+the best layer carries the bundle's probe (Platt-calibrated) and centres the recommended layers.
+The raw mean difference is a poor *classifier* on small models (a few high-variance dimensions
+dominate it: held-out AUROC 0.56 vs 0.81 for the logistic probe on SmolLM2 truth), which is why
+scoring and steering use different fits.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from steering.model_info import ModelInfo
 
 @dataclass(frozen=True)
 class LayerFit:
-    vector: torch.Tensor
-    stats: LayerStats
+    vector: torch.Tensor  # mean difference, natural scale
+    stats: LayerStats  # projections on the unit mean difference; probe AUROC / accuracy
+    probe_w: torch.Tensor
+    probe_b: float
 
 
 def mean_difference(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -42,33 +47,44 @@ def mean_difference(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return acts[pos].mean(0) - acts[neg].mean(0)
 
 
+def logistic_probe(
+    x: np.ndarray, y: np.ndarray, seed: int, c: float = 0.1
+) -> tuple[np.ndarray, float]:
+    """L2-regularised logistic regression on standardised features, returned in raw units:
+    ``logit = w . x + bias``."""
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    lr = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
+    w = lr.coef_[0] / sd
+    return w, float(lr.intercept_[0] - (w * mu).sum())
+
+
 def fit_layers(
-    train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte: torch.Tensor
+    train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte: torch.Tensor, seed: int = 0
 ) -> list[LayerFit]:
+    """Per layer: mean-difference direction (for steering, with projection statistics) and a
+    logistic probe (for scoring) evaluated on the held-out split."""
     dirs = mean_difference(train, ytr)
     fits: list[LayerFit] = []
+    both = len(set(yte.tolist())) == 2
     for k in range(dirs.shape[0]):
         v = dirs[k]
         u = v / v.norm()
-        ptr, pte = train[:, k] @ u, test[:, k] @ u
+        ptr = train[:, k] @ u
         pos, neg = ptr[ytr == 1], ptr[ytr == 0]
-        mid = float(pos.mean() + neg.mean()) / 2
-        auroc = float(roc_auc_score(yte.numpy(), pte.numpy())) if len(set(yte.tolist())) == 2 else float("nan")
-        acc = float(((pte > mid).long() == yte).float().mean())
-        fits.append(
-            LayerFit(
-                v,
-                LayerStats(
-                    norm=float(v.norm()),
-                    pos_mean=float(pos.mean()),
-                    neg_mean=float(neg.mean()),
-                    pos_std=float(pos.std()),
-                    neg_std=float(neg.std()),
-                    auroc=auroc,
-                    accuracy=acc,
-                ),
-            )
+        w, bias = logistic_probe(train[:, k].numpy(), ytr.numpy(), seed)
+        logits = test[:, k].numpy() @ w + bias
+        auroc = float(roc_auc_score(yte.numpy(), logits)) if both else float("nan")
+        acc = float(((logits > 0).astype(int) == yte.numpy()).mean())
+        stats = LayerStats(
+            norm=float(v.norm()),
+            pos_mean=float(pos.mean()),
+            neg_mean=float(neg.mean()),
+            pos_std=float(pos.std()),
+            neg_std=float(neg.std()),
+            auroc=auroc,
+            accuracy=acc,
         )
+        fits.append(LayerFit(v, stats, torch.from_numpy(w).float(), bias))
     return fits
 
 
@@ -94,17 +110,15 @@ def build_bundle(
     n_recommended: int = 3,
     min_layer_frac: float = 0.15,
 ) -> DirectionBundle:
-    fits = fit_layers(train, ytr, test, yte)
+    fits = fit_layers(train, ytr, test, yte, seed)
     first = max(1, int(min_layer_frac * len(fits)))  # early layers barely separate concepts
     best = max(range(first, len(fits) - 1), key=lambda k: fits[k].stats.auroc or 0.0)
     half = n_recommended // 2
     lo = max(0, min(best - half, len(fits) - n_recommended))
     recommended = list(range(lo, lo + n_recommended))
     st = fits[best].stats
-    u = fits[best].vector / fits[best].vector.norm()
-    bias = -((st.pos_mean or 0.0) + (st.neg_mean or 0.0)) / 2
-    logits = (train[:, best] @ u + bias).numpy()
-    calib = platt(logits, ytr.numpy(), seed)
+    w, bias = fits[best].probe_w, fits[best].probe_b
+    calib = platt((train[:, best] @ w + bias).numpy(), ytr.numpy(), seed)
     meta = BundleMetadata(
         name=name,
         kind=kind,
@@ -120,7 +134,7 @@ def build_bundle(
         recommended_layers=recommended,
         recommended_strength=recommended_strength,
         layer_stats={str(k): f.stats for k, f in enumerate(fits)},
-        probe=ProbeMeta(layer=best, bias=bias, calibration=calib, method="mass-mean"),
+        probe=ProbeMeta(layer=best, bias=bias, calibration=calib, method="logistic"),
         training=Training(method="mean-difference", datasets=list(datasets), position="last", seed=seed),
         metrics={
             "heldout_auroc": float(st.auroc or 0.0),
@@ -132,5 +146,5 @@ def build_bundle(
         created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     return DirectionBundle(
-        meta=meta, vectors={k: f.vector.clone() for k, f in enumerate(fits)}, probe_weight=u.clone()
+        meta=meta, vectors={k: f.vector.clone() for k, f in enumerate(fits)}, probe_weight=w.clone()
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,11 @@ class SlotEntry:
     b: float
     strength: float
     positions: int
+    coef: np.ndarray = field(init=False, repr=False, compare=False)  # [3, 1] (a, b, strength)
+
+    def __post_init__(self) -> None:
+        coef = np.array((self.a, self.b, self.strength), dtype=np.float32)[:, None]
+        object.__setattr__(self, "coef", coef)
 
 
 Plan = dict[int, list[SlotEntry]]  # layer -> entries in slot order
@@ -212,9 +217,7 @@ class SteeringRuntime:
                         if hi <= lo:
                             continue
                         self.idx_np[layer, k, lo:hi] = ent.row
-                        self.coef_np[layer, k, :, lo:hi] = np.array(
-                            (ent.a, ent.b, ent.strength), dtype=np.float32
-                        )[:, None]
+                        self.coef_np[layer, k, :, lo:hi] = ent.coef
                         touched[layer] = max(touched[layer], k + 1)
         if len(self._plans) > n:  # forget requests that left the batch
             live = set(req_ids)

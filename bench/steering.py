@@ -1,0 +1,102 @@
+"""Steering overhead benchmark: `make bench` / `python -m bench.steering`.
+
+One process, fixed workload (64 concurrent requests x 64 new tokens, greedy, ignore_eos):
+  (a) plain vLLM, plugin inert, default compiled mode
+  (b) truthsteer engine, no request steered
+  (c) truthsteer engine, every request with its own steering config on 3 layers
+(b) and (c) run on the same engine. Each is run ``--repeats`` times, interleaved, best kept.
+Reports output tokens/s and the ratios b/a and c/a; writes bench/results/steering-<host>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def workload(n: int) -> list[str]:
+    topics = ["rivers", "planets", "metals", "birds", "languages", "bridges", "volcanoes", "music"]
+    return [f"Request {i}: write a short paragraph about {topics[i % len(topics)]} number {i}." for i in range(n)]
+
+
+def configs(n: int) -> list[list[dict[str, Any]]]:
+    """n distinct configs, each on 3 layers."""
+    out = []
+    for i in range(n):
+        direction = "truth" if i % 2 == 0 else "sycophancy"
+        lo = 8 + (i % 6)
+        out.append([{"direction": direction, "strength": round(0.5 + 0.05 * i, 3), "layers": [lo, lo + 1, lo + 2]}])
+    return out
+
+
+def timed(llm: Any, prompts: list[str], params: Any, steering: Any) -> float:
+    t = time.perf_counter()
+    outs = llm.generate(prompts, params, steering=steering)
+    dt = time.perf_counter() - t
+    toks = sum(len(o.outputs[0].token_ids) for o in outs)
+    return toks / dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+
+    from vllm import SamplingParams
+
+    from steering.llm import SteeredLLM
+
+    prompts = workload(args.requests)
+    params = SamplingParams(temperature=0.0, max_tokens=args.tokens, ignore_eos=True)
+    steer = configs(args.requests)
+
+    plain = SteeredLLM(model=args.model, steering=False)
+    timed(plain, prompts[:8], params, None)  # warm-up
+    a = max(timed(plain, prompts, params, None) for _ in range(args.repeats))
+    plain.llm.llm_engine.engine_core.shutdown()
+    del plain
+
+    eng = SteeredLLM(model=args.model)
+    timed(eng, prompts[:8], params, steer[:8])  # warm-up
+    b_runs, c_runs = [], []
+    for _ in range(args.repeats):
+        b_runs.append(timed(eng, prompts, params, None))
+        c_runs.append(timed(eng, prompts, params, steer))
+    b, c = max(b_runs), max(c_runs)
+    eng.llm.llm_engine.engine_core.shutdown()
+
+    result = {
+        "benchmark": "steering-overhead",
+        "workload": {"requests": args.requests, "new_tokens": args.tokens, "greedy": True, "repeats": args.repeats},
+        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+                    "processor": platform.processor()},
+        "tokens_per_s": {"a_plain_vllm": round(a, 2), "b_plugin_unsteered": round(b, 2),
+                         "c_distinct_configs_3_layers": round(c, 2)},
+        "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3)},
+        "runs": {"b": [round(x, 2) for x in b_runs], "c": [round(x, 2) for x in c_runs]},
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "steering-latest.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{'config':<34}{'tok/s':>10}{'ratio':>8}")
+    print(f"{'(a) plain vLLM':<34}{a:>10.1f}{1.0:>8.3f}")
+    print(f"{'(b) truthsteer, unsteered':<34}{b:>10.1f}{b / a:>8.3f}")
+    print(f"{'(c) 64 distinct configs, 3 layers':<34}{c:>10.1f}{c / a:>8.3f}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
