@@ -129,7 +129,8 @@ def subsample(data: Dataset, n: int | None, seed: int) -> Dataset:
     groups: dict[str, list[Example]] = {}
     for e in data.examples:
         groups.setdefault(e.group, []).append(e)
-    order = sorted(groups, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    # salted apart from group_split, so a subsample is not biased towards either side of a split
+    order = sorted(groups, key=lambda g: hashlib.sha256(f"subsample:{seed}:{g}".encode()).hexdigest())
     out: list[Example] = []
     for g in order:
         if len(out) + len(groups[g]) > n:

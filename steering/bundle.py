@@ -241,6 +241,7 @@ def save_bundle(bundle: DirectionBundle, path: str | Path) -> Path:
     meta_json = bundle.meta.model_dump_json(exclude_none=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
+    tmp.chmod(0o644)
     tmp.replace(path)
     return path
 

@@ -23,7 +23,7 @@ from steering.spec import (
     ResolvedOp,
     SteeringOp,
     cache_salt,
-    parse_ops,
+    parse_op,
     resolve,
     wire,
 )
@@ -70,7 +70,7 @@ def to_ops(spec: Spec, param: str = "steering") -> list[SteeringOp]:
         elif isinstance(item, str):
             out.append(parse_shorthand(item))
         else:
-            out.extend(parse_ops([item], f"{param}[{i}]"))
+            out.append(parse_op(item, f"{param}[{i}]"))
     return out
 
 

@@ -186,16 +186,31 @@ def resolve(
     return out
 
 
-def parse_ops(raw: Any, param: str = "steering") -> list[SteeringOp]:
-    """Parse user JSON (a list of dicts) into :class:`SteeringOp`, raising :class:`SpecError`."""
-    from pydantic import TypeAdapter, ValidationError
+def _parse(adapter: Any, raw: Any, param: str) -> Any:
+    from pydantic import ValidationError
 
     try:
-        return TypeAdapter(list[SteeringOp]).validate_python(raw)
+        return adapter.validate_python(raw)
     except ValidationError as e:
         first = e.errors()[0]
         loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"])
         raise SpecError(first["msg"], f"{param}{loc}") from e
+
+
+def parse_ops(raw: Any, param: str = "steering") -> list[SteeringOp]:
+    """Parse user JSON (a list of dicts) into :class:`SteeringOp`, raising :class:`SpecError`."""
+    from pydantic import TypeAdapter
+
+    ops: list[SteeringOp] = _parse(TypeAdapter(list[SteeringOp]), raw, param)
+    return ops
+
+
+def parse_op(raw: Any, param: str) -> SteeringOp:
+    """Parse one operation; errors are reported under ``param`` (e.g. ``steering[2]``)."""
+    from pydantic import TypeAdapter
+
+    op: SteeringOp = _parse(TypeAdapter(SteeringOp), raw, param)
+    return op
 
 
 def wire(ops: Sequence[ResolvedOp]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ arrays that are copied to the device in bulk. Layers untouched this step and las
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,6 +157,10 @@ class SteeringRuntime:
             pos = _POS_CODES.get(op.positions)
             if pos is None:
                 raise SpecError(f"unknown positions {op.positions!r}")
+            if not all(math.isfinite(x) for x in (op.strength, *op.targets)):
+                raise SpecError("strength and targets must be finite")
+            if op.targets and len(op.targets) != len(op.layers):
+                raise SpecError("targets must be parallel to layers")
             for j, layer in enumerate(op.layers):
                 if layer not in self.buffers:
                     raise SpecError(f"layer {layer} is not steerable on this worker")

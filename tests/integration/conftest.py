@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 def steered() -> Iterator[Any]:
     from steering.llm import SteeredLLM
 
-    llm = SteeredLLM(max_model_len=1024)
+    llm = SteeredLLM()
     yield llm
     llm.llm.llm_engine.engine_core.shutdown()
 
@@ -25,7 +25,7 @@ def plain(steered: Any) -> Iterator[Any]:
     """vLLM as it is: same model and settings, truthsteer's plugin inert (no additional_config)."""
     from steering.llm import SteeredLLM
 
-    llm = SteeredLLM(max_model_len=1024, steering=False)
+    llm = SteeredLLM(steering=False)
     yield llm
     llm.llm.llm_engine.engine_core.shutdown()
 

@@ -178,6 +178,9 @@ def test_strength_zero_and_add_subtract_identities() -> None:
         {EXTRA_ARGS_KEY: {"steering": [{"direction": "missing", "op": "add", "strength": 1, "layers": [1], "positions": "all"}]}},
         {EXTRA_ARGS_KEY: {"steering": [{"direction": "truth", "op": "add", "strength": 1, "layers": [99], "positions": "all"}]}},
         {EXTRA_ARGS_KEY: {"steering": [{"oops": 1}]}},
+        {EXTRA_ARGS_KEY: {"steering": ["truth"]}},
+        {EXTRA_ARGS_KEY: {"steering": [{**wire(ADD)[0], "strength": float("nan")}]}},
+        {EXTRA_ARGS_KEY: {"steering": [{**wire(ADD)[0], "op": "multiply"}]}},
         {EXTRA_ARGS_KEY: {"steering": [wire(ADD)[0]] * 4}},  # 4 ops on one layer > 3 slots
     ],
 )
