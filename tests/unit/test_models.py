@@ -61,7 +61,7 @@ def test_failed_conversion_leaves_nothing(tmp_path: Path, fake_package: dict[str
 def test_resolve_model_takes_local_folders_and_rejects_bad_ones(tmp_path: Path) -> None:
     folder = tmp_path / "hf"
     folder.mkdir()
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         models.resolve_model(str(folder))
     (folder / "config.json").write_text("{}")
     assert models.resolve_model(str(folder)) == folder.resolve()
