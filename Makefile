@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model directions lint unit integration test bench clean
+.PHONY: install model directions serve lint unit integration test bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ install: $(STAMP)
 
 model: install
 	$(BIN)/truthsteer models prepare
+
+serve: model
+	$(BIN)/truthsteer serve
 
 # Re-train the shipped bundles (deterministic; needs ../shared/data).
 directions: model

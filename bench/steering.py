@@ -4,8 +4,9 @@ One process, fixed workload (64 concurrent requests x 64 new tokens, greedy, ign
   (a) plain vLLM, plugin inert, default compiled mode
   (b) truthsteer engine, no request steered
   (c) truthsteer engine, every request with its own steering config on 3 layers
-(b) and (c) run on the same engine. Each is run ``--repeats`` times, interleaved, best kept.
-Reports output tokens/s and the ratios b/a and c/a; writes bench/results/steering-<host>.json.
+Both engines stay up (only one computes at a time); (b) and (c) run on the same engine. The three
+are run in rounds, a-b-c, ``--repeats`` times, so slow drifts of the machine hit all three alike;
+the median of each is reported. Ratios b/a and c/a; writes bench/results/steering-latest.json.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +51,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
 
@@ -62,19 +64,19 @@ def main() -> int:
     steer = configs(args.requests)
 
     plain = SteeredLLM(model=args.model, steering=False)
-    timed(plain, prompts[:8], params, None)  # warm-up
-    a = max(timed(plain, prompts, params, None) for _ in range(args.repeats))
-    plain.llm.llm_engine.engine_core.shutdown()
-    del plain
-
     eng = SteeredLLM(model=args.model)
-    timed(eng, prompts[:8], params, steer[:8])  # warm-up
-    b_runs, c_runs = [], []
+    timed(plain, prompts[:8], params, None)  # warm-up
+    timed(eng, prompts[:8], params, steer[:8])
+    a_runs: list[float] = []
+    b_runs: list[float] = []
+    c_runs: list[float] = []
     for _ in range(args.repeats):
+        a_runs.append(timed(plain, prompts, params, None))
         b_runs.append(timed(eng, prompts, params, None))
         c_runs.append(timed(eng, prompts, params, steer))
-    b, c = max(b_runs), max(c_runs)
-    eng.llm.llm_engine.engine_core.shutdown()
+    a, b, c = (statistics.median(r) for r in (a_runs, b_runs, c_runs))
+    for e in (plain, eng):
+        e.llm.llm_engine.engine_core.shutdown()
 
     result = {
         "benchmark": "steering-overhead",
@@ -84,7 +86,8 @@ def main() -> int:
         "tokens_per_s": {"a_plain_vllm": round(a, 2), "b_plugin_unsteered": round(b, 2),
                          "c_distinct_configs_3_layers": round(c, 2)},
         "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3)},
-        "runs": {"b": [round(x, 2) for x in b_runs], "c": [round(x, 2) for x in c_runs]},
+        "runs": {k: [round(x, 2) for x in v] for k, v in (("a", a_runs), ("b", b_runs), ("c", c_runs))},
+        "statistic": "median",
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     RESULTS.mkdir(exist_ok=True)

@@ -73,6 +73,17 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import load_settings
+
+    settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from probes.cli import add_parser as add_probes
 
@@ -114,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--chat", action="store_true", help="wrap each prompt in the chat template")
     g.add_argument("--eager", action="store_true", help="enforce_eager (skip compilation)")
     g.set_defaults(func=_generate)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible server (settings: TRUTHSTEER_* env or --config YAML)")
+    sv.add_argument("--config", default=None, help="YAML settings file")
+    sv.add_argument("--model", default=None)
+    sv.add_argument("--host", default=None)
+    sv.add_argument("--port", type=int, default=None)
+    sv.set_defaults(func=_serve)
 
     add_probes(sub)
     return ap

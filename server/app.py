@@ -1,0 +1,114 @@
+"""``create_app(settings)``: the FastAPI application, thin routes over :class:`Serving`."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.completions import collect, stream
+from server.errors import APIError, install_error_handlers
+from server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DirectionCard,
+    DirectionList,
+    ModelList,
+)
+from server.serving import Serving
+from server.settings import Settings
+
+
+def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
+    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+
+    async def check(request: Request) -> None:
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip().encode(), k) for k in keys):
+            raise APIError(401, "missing or invalid API key (Authorization: Bearer ...)", type="authentication_error",
+                           code="invalid_api_key")
+
+    return check
+
+
+def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
+    """Build the app; the engine starts in the lifespan unless a ``serving`` is injected."""
+    state: dict[str, Serving] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        state["serving"] = serving or Serving.start(settings)
+        try:
+            yield
+        finally:
+            state["serving"].engine.shutdown()
+
+    app = FastAPI(title="truthsteer", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible server with per-request truth/sycophancy steering")
+    install_error_handlers(app)
+    auth = Depends(_auth(settings))
+
+    def srv() -> Serving:
+        if "serving" not in state:
+            raise APIError(503, "the engine is starting", type="service_unavailable", code="starting")
+        return state["serving"]
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
+            return APIError(413, f"request body exceeds {settings.max_body_bytes} bytes",
+                            code="request_too_large").response()
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            await srv().engine.check_health()
+        except EngineDeadError as e:
+            raise APIError(503, f"engine is not healthy: {e}", type="service_unavailable", code="engine_dead") from e
+        return {"status": "ok"}
+
+    @app.get("/v1/models", dependencies=[auth])
+    async def models() -> ModelList:
+        return srv().models()
+
+    @app.get("/v1/directions", dependencies=[auth])
+    async def directions() -> DirectionList:
+        s = srv()
+        cards = [
+            DirectionCard(
+                name=b.name, kind=b.meta.kind, description=b.meta.description, layers=b.meta.layers,
+                recommended_layers=b.meta.recommended_layers, recommended_strength=b.meta.recommended_strength,
+                model=b.meta.model.name, probe_layer=b.meta.probe.layer if b.meta.probe else None,
+                metrics=b.meta.metrics,
+            )
+            for b in s.prepared.bundles.values()
+        ]
+        return DirectionList(data=cards)
+
+    async def _complete(req: CompletionRequest | ChatCompletionRequest) -> Any:
+        s = srv()
+        if req.stream:
+            gen = await stream(s, req)
+            return StreamingResponse(gen, media_type="text/event-stream")
+        return JSONResponse(await collect(s, req))
+
+    @app.post("/v1/completions", dependencies=[auth])
+    async def completions(req: CompletionRequest) -> Any:
+        return await _complete(req)
+
+    @app.post("/v1/chat/completions", dependencies=[auth])
+    async def chat_completions(req: ChatCompletionRequest) -> Any:
+        return await _complete(req)
+
+    return app

@@ -1,0 +1,84 @@
+"""OpenAI-shaped errors, mapped in one place.
+
+Every client error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; the
+handlers below turn validation failures, steering-spec errors and our own :class:`APIError` into
+that shape, so no client input ever produces a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from steering.errors import SpecError
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [p for p in loc if p not in ("body", "query", "path")]
+    if not parts:
+        return None
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union")) or p in ("str", "list[str]")):
+            continue  # pydantic union-branch labels, not user-facing fields
+        else:
+            out += f".{p}" if out else str(p)
+    return out or None
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(SpecError)
+    async def _spec_error(_req: Request, exc: SpecError) -> JSONResponse:
+        return bad_request(str(exc), exc.param, "invalid_steering").response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errs = exc.errors()
+        first = errs[0] if errs else {"msg": "invalid request", "loc": ()}
+        loc = tuple(first.get("loc", ()))
+        if first.get("type") == "json_invalid":
+            return bad_request(f"request body is not valid JSON: {first.get('msg')}", None, "invalid_json").response()
+        param = _loc_to_param(loc)
+        msg = str(first.get("msg", "invalid value"))
+        text = f"{param}: {msg}" if param else msg
+        return bad_request(text, param, "invalid_value").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return APIError(exc.status_code, str(exc.detail), type=kind).response()

@@ -1,0 +1,178 @@
+"""Request and response models of the OpenAI-compatible API, with truthsteer's extensions.
+
+Validation lives here (types, ranges, unknown fields rejected); checks that need the loaded model
+or bundles (direction names, layers) happen in ``serving.py`` through ``steering.spec.resolve``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from steering.spec import SteeringOp
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(_Req):
+    include_usage: bool = False
+
+
+class TextPart(_Req):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ChatMessage(_Req):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content)
+
+
+_STEERING_DOC = (
+    "truthsteer: steering operations applied in order, e.g. "
+    '[{"direction": "truth", "op": "add", "strength": 4.0, "layers": {"start": 10, "end": 16}}]'
+)
+_PROBES_DOC = 'truthsteer: probes to score every generated token with (names, or "all")'
+
+
+class _Common(_Req):
+    model: str
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    n: int = Field(default=1, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    user: str | None = None
+    steering: list[SteeringOp] | None = Field(default=None, description=_STEERING_DOC)
+    probes: list[str] | Literal["all"] | None = Field(default=None, description=_PROBES_DOC)
+    decoding: dict[str, Any] | None = Field(
+        default=None, description="truthsteer: contrastive decoding (not available yet; rejected)"
+    )
+
+    @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+
+class CompletionRequest(_Common):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "SmolLM2-135M-Instruct",
+                    "prompt": "The city of Paris is located in",
+                    "max_tokens": 16,
+                    "temperature": 0,
+                    "steering": [{"direction": "truth", "strength": 4.0}],
+                }
+            ]
+        },
+    )
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+class ChatCompletionRequest(_Common):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "SmolLM2-135M-Instruct",
+                    "messages": [{"role": "user", "content": "Is the Great Wall visible from space?"}],
+                    "max_completion_tokens": 48,
+                    "steering": [{"direction": "truth", "strength": 4.0}],
+                    "probes": ["truth"],
+                }
+            ]
+        },
+    )
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs: true")
+        return self
+
+
+class ProbeScoreRequest(_Req):
+    model: str
+    input: str | list[str]
+    probes: list[str] | Literal["all"] = "all"
+    reduce: Literal["last", "mean"] = "last"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "truthsteer"
+    root: str | None = None
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class DirectionCard(BaseModel):
+    name: str
+    object: Literal["direction"] = "direction"
+    kind: str
+    description: str
+    layers: list[int]
+    recommended_layers: list[int]
+    recommended_strength: float
+    model: str
+    probe_layer: int | None
+    metrics: dict[str, float]
+
+
+class DirectionList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DirectionCard]
