@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from steering.vllm import plugin
+from steering.vllm.config import ADDITIONAL_CONFIG_KEY, WorkerConfig
+
+
+def test_worker_config_gates_the_plugin() -> None:
+    assert WorkerConfig.from_vllm_config(SimpleNamespace(additional_config={})) is None
+    assert WorkerConfig.from_vllm_config(SimpleNamespace(additional_config=None)) is None
+    cfg = WorkerConfig(directions=["/d/truth.safetensors"], max_ops_per_layer=3)
+    back = WorkerConfig.from_vllm_config(SimpleNamespace(additional_config=cfg.to_additional_config()))
+    assert back == cfg and ADDITIONAL_CONFIG_KEY in cfg.to_additional_config()
+
+
+class FakeRunner:
+    def __init__(self, extra: dict[str, Any]) -> None:
+        self.vllm_config = SimpleNamespace(additional_config=extra)
+        self.calls: list[str] = []
+
+    def load_model(self) -> str:
+        self.calls.append("load")
+        return "loaded"
+
+    def _model_forward(self, x: int) -> int:
+        self.calls.append("forward")
+        return x + 1
+
+
+def test_wrappers_are_inert_without_config_and_patch_once() -> None:
+    cls = type("Runner", (FakeRunner,), {"load_model": FakeRunner.load_model, "_model_forward": FakeRunner._model_forward})
+    plugin._patch(cls, "load_model", plugin._wrap_load_model)
+    plugin._patch(cls, "_model_forward", plugin._wrap_model_forward)
+    wrapped = cls.__dict__["load_model"]
+    plugin._patch(cls, "load_model", plugin._wrap_load_model)  # idempotent
+    assert cls.__dict__["load_model"] is wrapped
+    r = cls({})
+    assert r.load_model() == "loaded" and getattr(r, "truthsteer", None) is None
+    assert r._model_forward(1) == 2 and r.calls == ["load", "forward"]
+
+
+def test_model_forward_prepares_the_step_first() -> None:
+    cls = type("Runner2", (FakeRunner,), {"_model_forward": FakeRunner._model_forward})
+    plugin._patch(cls, "_model_forward", plugin._wrap_model_forward)
+    r = cls({})
+    order: list[str] = []
+    r.truthsteer = SimpleNamespace(prepare_step=lambda runner: order.append("prepare"))  # type: ignore[attr-defined]
+    r.calls = order
+    assert r._model_forward(41) == 42 and order == ["prepare", "forward"]
