@@ -56,8 +56,9 @@ def _export_gguf(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from vllm import SamplingParams
 
-    from steering.llm import SteeredLLM
+    from steering.llm import SteeredLLM, to_ops
 
+    steer = to_ops(args.steer, "steer")  # shorthand errors before the (slow) engine start
     llm = SteeredLLM(model=args.model, directions=args.directions, enforce_eager=args.eager)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     prompts = args.prompt
@@ -67,7 +68,7 @@ def _generate(args: argparse.Namespace) -> int:
             tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
-    outs = llm.generate(prompts, params, steering=args.steer or None)
+    outs = llm.generate(prompts, params, steering=steer or None)
     for p, o in zip(args.prompt, outs, strict=True):
         print(json.dumps({"prompt": p, "steering": args.steer, "text": o.outputs[0].text}))
     return 0
