@@ -49,6 +49,16 @@ class ModelRef(_Strict):
     num_layers: int = Field(gt=0)
     architecture: str = ""
 
+    @classmethod
+    def of(cls, info: ModelInfo) -> ModelRef:
+        return cls(
+            name=info.name,
+            fingerprint=info.fingerprint,
+            hidden_size=info.hidden_size,
+            num_layers=info.num_layers,
+            architecture=info.architecture,
+        )
+
 
 class LayerStats(_Strict):
     """Statistics of the training activations projected on the unit direction at one layer."""

@@ -30,13 +30,7 @@ def make_bundle(
     meta = BundleMetadata(
         name=name,
         kind="truth",
-        model=ModelRef(
-            name=info.name,
-            fingerprint=info.fingerprint,
-            hidden_size=info.hidden_size,
-            num_layers=info.num_layers,
-            architecture=info.architecture,
-        ),
+        model=ModelRef.of(info),
         layers=layers,
         recommended_layers=layers[:2],
         recommended_strength=2.0,
