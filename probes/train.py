@@ -73,7 +73,7 @@ def fit_layers(
         pos, neg = ptr[ytr == 1], ptr[ytr == 0]
         w, bias = logistic_probe(train[:, k].numpy(), ytr.numpy(), seed)
         logits = test[:, k].numpy() @ w + bias
-        auroc = float(roc_auc_score(yte.numpy(), logits)) if both else float("nan")
+        auroc = float(roc_auc_score(yte.numpy(), logits)) if both else None  # undefined with one class
         acc = float(((logits > 0).astype(int) == yte.numpy()).mean())
         stats = LayerStats(
             norm=float(v.norm()),
@@ -131,7 +131,7 @@ def build_bundle(
         probe=ProbeMeta(layer=best, bias=bias, calibration=calib, method="logistic"),
         training=Training(method="mean-difference", datasets=list(datasets), position="last", seed=seed),
         metrics={
-            "heldout_auroc": float(st.auroc or 0.0),
+            **({"heldout_auroc": st.auroc} if st.auroc is not None else {}),
             "heldout_accuracy": float(st.accuracy or 0.0),
             "probe_layer": float(best),
             "n_train": float(len(ytr)),

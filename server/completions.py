@@ -24,6 +24,12 @@ async def _merged(serving: Serving, req: Req) -> tuple[AsyncIterator[tuple[int, 
     return merge_async_iterators(*streams), [p.n_prompt for p in prompts], rid
 
 
+def _logprobs(req: Req, tok: Any, ids: list[int], lps: Any, offset: int = 0) -> dict[str, Any] | None:
+    if isinstance(req, ChatCompletionRequest):
+        return chat_logprobs(tok, ids, lps, req.top_logprobs or 0)
+    return completion_logprobs(tok, ids, lps, offset)
+
+
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
@@ -46,7 +52,7 @@ async def collect(serving: Serving, req: Req) -> dict[str, Any]:
                 choices[index] = {
                     "index": index,
                     "message": {"role": "assistant", "content": c.text},
-                    "logprobs": chat_logprobs(tok, ids, c.logprobs),
+                    "logprobs": _logprobs(req, tok, ids, c.logprobs),
                     "finish_reason": c.finish_reason,
                 }
             else:
@@ -56,7 +62,7 @@ async def collect(serving: Serving, req: Req) -> dict[str, Any]:
                 choices[index] = {
                     "index": index,
                     "text": text,
-                    "logprobs": completion_logprobs(tok, ids, c.logprobs),
+                    "logprobs": _logprobs(req, tok, ids, c.logprobs),
                     "finish_reason": c.finish_reason,
                 }
     return {
@@ -100,7 +106,7 @@ async def _sse(
                     choice = {
                         "index": index,
                         "delta": delta,
-                        "logprobs": chat_logprobs(tok, ids, c.logprobs),
+                        "logprobs": _logprobs(req, tok, ids, c.logprobs),
                         "finish_reason": c.finish_reason,
                     }
                 else:
@@ -108,7 +114,7 @@ async def _sse(
                     choice = {
                         "index": index,
                         "text": c.text,
-                        "logprobs": completion_logprobs(tok, ids, c.logprobs, off),
+                        "logprobs": _logprobs(req, tok, ids, c.logprobs, off),
                         "finish_reason": c.finish_reason,
                     }
                     offsets[index] = off + len(c.text)

@@ -209,23 +209,28 @@ def _prompt_items(p: str | list[str] | list[int] | list[list[int]]) -> list[str 
     return list(p)  # type: ignore[arg-type]
 
 
-def chat_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any]] | None) -> dict[str, Any] | None:
+def chat_logprobs(
+    tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any]] | None, top_k: int
+) -> dict[str, Any] | None:
+    """OpenAI chat ``logprobs.content``: the sampled token plus the ``top_k`` most likely ones.
+
+    vLLM returns the top ``top_k`` entries (ranks 1..k) plus the sampled token when it ranks lower.
+    """
     if logprobs is None:
         return None
+
+    def entry(t: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([t])
+        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode())}
+
     content = []
     for tid, d in zip(token_ids, logprobs, strict=False):
         chosen = d.get(tid)
-        tok = tokenizer.decode([tid])
+        top = sorted(((lp.rank, t, lp.logprob) for t, lp in d.items() if lp.rank is not None and lp.rank <= top_k))
         content.append(
             {
-                "token": tok,
-                "logprob": max(chosen.logprob, -9999.0) if chosen else -9999.0,
-                "bytes": list(tok.encode()),
-                "top_logprobs": [
-                    {"token": tokenizer.decode([t]), "logprob": max(lp.logprob, -9999.0), "bytes": list(tokenizer.decode([t]).encode())}
-                    for t, lp in sorted(d.items(), key=lambda kv: kv[1].rank or 0)
-                    if t != tid or lp.rank is not None
-                ][: max(len(d) - 1, 0)],
+                **entry(tid, chosen.logprob if chosen else -9999.0),
+                "top_logprobs": [entry(t, logprob) for _rank, t, logprob in top],
             }
         )
     return {"content": content}

@@ -143,3 +143,19 @@ def test_auth_body_size_and_malformed_json(app_client: Any) -> None:
     r = app_client.post("/v1/chat/completions", json={"model": "tiny", "messages": []})
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     assert app_client.get("/v1/nowhere").status_code == 404
+
+
+def test_chat_top_logprobs_are_the_top_k_whether_or_not_the_sampled_token_is_among_them() -> None:
+    from server.serving import chat_logprobs
+
+    lp = lambda logprob, rank: SimpleNamespace(logprob=logprob, rank=rank)  # noqa: E731
+    in_top = {65: lp(-0.1, 1), 66: lp(-2.0, 2)}  # sampled 'A' is rank 1
+    below = {67: lp(-3.0, 5), 65: lp(-0.1, 1), 66: lp(-2.0, 2)}  # sampled 'C' ranks 5th
+    out = chat_logprobs(FakeTokenizer(), [65, 67], [in_top, below], top_k=2)
+    assert out is not None
+    first, second = out["content"]
+    assert first["token"] == "A" and [t["token"] for t in first["top_logprobs"]] == ["A", "B"]
+    assert second["token"] == "C" and second["logprob"] == -3.0
+    assert [t["token"] for t in second["top_logprobs"]] == ["A", "B"]
+    assert chat_logprobs(FakeTokenizer(), [65], [in_top], top_k=0)["content"][0]["top_logprobs"] == []  # type: ignore[index]
+    assert chat_logprobs(FakeTokenizer(), [65], None, top_k=2) is None
