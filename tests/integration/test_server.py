@@ -126,3 +126,15 @@ def test_auth_and_unknown_model(server: str, client: Any) -> None:
     r = httpx.post(f"{server}/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {API_KEY}",
                                                                            "content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_chat_logprobs_carry_top_k_per_token(client: Any) -> None:
+    r = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Say hi."}], max_tokens=5, temperature=0,
+        logprobs=True, top_logprobs=3,
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for tok in content:
+        assert len(tok.top_logprobs) == 3
+        assert tok.top_logprobs[0].token == tok.token  # greedy: the sampled token is the most likely
