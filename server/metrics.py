@@ -88,7 +88,7 @@ class Metrics:
 
         metrics = self
 
-        class _EngineStats(StatLoggerBase):
+        class _EngineStats(StatLoggerBase):  # type: ignore[misc]
             def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
                 self.engine_index = engine_index
 
