@@ -49,6 +49,7 @@ test: model lint
 
 bench: model
 	$(BIN)/python -m bench.steering
+	$(BIN)/python -m bench.http_probes
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

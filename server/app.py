@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,9 +20,14 @@ from server.protocol import (
     DirectionCard,
     DirectionList,
     ModelList,
+    ProbeScoreList,
+    ProbeScoreRequest,
 )
+from server.scoring import score_texts
 from server.serving import Serving
 from server.settings import Settings
+
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/probes/score": "probes_score"}
 
 
 def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
@@ -44,11 +51,14 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        state["serving"] = serving or Serving.start(settings)
+        s = serving or Serving.start(settings)
+        await s.connect_probes()
+        state["serving"] = s
+        _app.state.metrics = s.metrics
         try:
             yield
         finally:
-            state["serving"].engine.shutdown()
+            await s.close()
 
     app = FastAPI(title="truthsteer", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server with per-request truth/sycophancy steering")
@@ -67,6 +77,26 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
             return APIError(413, f"request body exceeds {settings.max_body_bytes} bytes",
                             code="request_too_large").response()
         return await call_next(request)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        endpoint = ENDPOINTS.get(request.url.path)
+        if endpoint is None or "serving" not in state:
+            return await call_next(request)
+        m = state["serving"].metrics
+        start = time.monotonic()
+        m.in_flight.labels(endpoint).inc()
+        status = "500"
+        try:
+            response = await call_next(request)
+            status = str(response.status_code)
+            return response
+        finally:
+            # for streams this is the time to the response head; the body's tokens are in the
+            # TTFT / inter-token histograms
+            m.in_flight.labels(endpoint).dec()
+            m.requests.labels(endpoint, status).inc()
+            m.latency.labels(endpoint).observe(time.monotonic() - start)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -96,19 +126,47 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
         ]
         return DirectionList(data=cards)
 
-    async def _complete(req: CompletionRequest | ChatCompletionRequest) -> Any:
+    async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()
         if req.stream:
             gen = await stream(s, req)
             return StreamingResponse(gen, media_type="text/event-stream")
-        return JSONResponse(await collect(s, req))
+        return JSONResponse(await until_disconnect(request, collect(s, req)))
 
     @app.post("/v1/completions", dependencies=[auth])
-    async def completions(req: CompletionRequest) -> Any:
-        return await _complete(req)
+    async def completions(req: CompletionRequest, request: Request) -> Any:
+        return await _complete(req, request)
 
     @app.post("/v1/chat/completions", dependencies=[auth])
-    async def chat_completions(req: ChatCompletionRequest) -> Any:
-        return await _complete(req)
+    async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
+        return await _complete(req, request)
+
+    @app.post("/v1/probes/score", dependencies=[auth])
+    async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
+        return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
+
+    metrics_deps = [auth] if settings.metrics_require_auth else []
+
+    @app.get("/metrics", dependencies=metrics_deps, include_in_schema=False)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(srv().metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def until_disconnect(request: Request, work: Awaitable[Any], poll_s: float = 0.5) -> Any:
+    """Run ``work``; cancel it (which aborts its engine requests) if the client goes away first."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                task.cancel()
+                raise APIError(499, "client closed the request", code="client_closed_request")
+    finally:
+        if not task.done():
+            task.cancel()

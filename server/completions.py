@@ -1,12 +1,15 @@
-"""Completions and chat completions: collect or stream engine outputs in OpenAI's shapes."""
+"""Completions and chat completions: collect or stream choice pieces in OpenAI's shapes."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from server.formatting import chat_logprobs, completion_logprobs, new_id, now, sse
+from server.probing import summarize
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.serving import Serving, _now, chat_logprobs, completion_logprobs, new_id, sse
+from server.serving import Piece, Plan, Serving
 
 Req = CompletionRequest | ChatCompletionRequest
 
@@ -15,13 +18,17 @@ def _is_chat(req: Req) -> bool:
     return isinstance(req, ChatCompletionRequest)
 
 
-async def _merged(serving: Serving, req: Req) -> tuple[AsyncIterator[tuple[int, Any]], list[int], str]:
+def _endpoint(req: Req) -> str:
+    return "chat" if _is_chat(req) else "completions"
+
+
+async def _pieces(serving: Serving, req: Req) -> tuple[Plan, AsyncIterator[tuple[int, Piece]], str]:
     from vllm.utils.async_utils import merge_async_iterators
 
-    prompts, params, _ops = serving.build(req)
+    plan = serving.build(req)
     rid = new_id("chatcmpl" if _is_chat(req) else "cmpl")
-    streams = [serving.run(p, params, f"{rid}-{i}") for i, p in enumerate(prompts)]
-    return merge_async_iterators(*streams), [p.n_prompt for p in prompts], rid
+    gens = [serving.generate(job, plan.probes, _endpoint(req)) for job in plan.jobs]
+    return plan, merge_async_iterators(*gens), rid
 
 
 def _logprobs(req: Req, tok: Any, ids: list[int], lps: Any, offset: int = 0) -> dict[str, Any] | None:
@@ -31,101 +38,130 @@ def _logprobs(req: Req, tok: Any, ids: list[int], lps: Any, offset: int = 0) -> 
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+@dataclass
+class ChoiceState:
+    """Everything one choice accumulated so far."""
+
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[Any] | None = None
+    finish_reason: str | None = None
+    prompt_token_ids: list[int] = field(default_factory=list)
+    scores: dict[str, list[float | None]] = field(default_factory=dict)
+
+    def add(self, p: Piece) -> None:
+        self.text += p.text
+        self.token_ids += p.token_ids
+        if p.logprobs is not None:
+            self.logprobs = (self.logprobs or []) + list(p.logprobs)
+        self.finish_reason = p.finish_reason or self.finish_reason
+        self.prompt_token_ids = p.prompt_token_ids or self.prompt_token_ids
+        for name, vals in (p.probe_tokens or {}).items():
+            self.scores.setdefault(name, []).extend(vals)
+
+
+def probe_summary(serving: Serving, st: ChoiceState) -> dict[str, Any]:
+    out = {}
+    for name, tokens in st.scores.items():
+        s = summarize(tokens, serving.probes[name])
+        out[name] = s
+        if s["mean"] is not None:
+            serving.metrics.probe_score.labels(name).observe(s["mean"])
+            if s["flagged"]:
+                serving.metrics.probe_flagged.labels(name).inc()
+    return out
+
+
+def _account(serving: Serving, plan: Plan, states: dict[int, ChoiceState]) -> int:
+    completion = sum(len(s.token_ids) for s in states.values())
+    serving.metrics.prompt_tokens.inc(plan.n_prompt_tokens)
+    serving.metrics.completion_tokens.inc(completion)
+    for s in states.values():
+        serving.metrics.completion_length.observe(len(s.token_ids))
+    return completion
 
 
 async def collect(serving: Serving, req: Req) -> dict[str, Any]:
-    merged, n_prompts, rid = await _merged(serving, req)
+    plan, pieces, rid = await _pieces(serving, req)
     tok = serving.tokenizer
-    choices: dict[int, dict[str, Any]] = {}
-    completion_tokens = 0
-    async for i, out in merged:
-        for c in out.outputs:
-            index = i * req.n + c.index
-            completion_tokens += len(c.token_ids)
-            ids = list(c.token_ids)
-            if isinstance(req, ChatCompletionRequest):
-                choices[index] = {
-                    "index": index,
-                    "message": {"role": "assistant", "content": c.text},
-                    "logprobs": _logprobs(req, tok, ids, c.logprobs),
-                    "finish_reason": c.finish_reason,
-                }
-            else:
-                text = c.text
-                if req.echo:
-                    text = tok.decode(out.prompt_token_ids) + text
-                choices[index] = {
-                    "index": index,
-                    "text": text,
-                    "logprobs": _logprobs(req, tok, ids, c.logprobs),
-                    "finish_reason": c.finish_reason,
-                }
+    states: dict[int, ChoiceState] = {}
+    async for _i, p in pieces:
+        states.setdefault(p.index, ChoiceState()).add(p)
+    choices = []
+    for index in sorted(states):
+        st = states[index]
+        choice: dict[str, Any] = {"index": index}
+        if isinstance(req, ChatCompletionRequest):
+            choice["message"] = {"role": "assistant", "content": st.text}
+        else:
+            choice["text"] = (tok.decode(st.prompt_token_ids) + st.text) if req.echo else st.text
+        choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
+        choice["finish_reason"] = st.finish_reason
+        if plan.probes:
+            choice["probe_scores"] = probe_summary(serving, st)
+        choices.append(choice)
+    completion = _account(serving, plan, states)
     return {
         "id": rid,
         "object": "chat.completion" if _is_chat(req) else "text_completion",
-        "created": _now(),
+        "created": now(),
         "model": serving.model_name,
-        "choices": [choices[k] for k in sorted(choices)],
-        "usage": _usage(sum(n_prompts), completion_tokens),
+        "choices": choices,
+        "usage": _usage(plan.n_prompt_tokens, completion),
     }
 
 
 async def stream(serving: Serving, req: Req) -> AsyncIterator[str]:
     """Validate first (errors become 4xx before any byte is sent), then yield SSE lines."""
-    merged, n_prompts, rid = await _merged(serving, req)
-    return _sse(serving, req, merged, n_prompts, rid)
+    plan, pieces, rid = await _pieces(serving, req)
+    return _sse(serving, req, plan, pieces, rid)
 
 
-async def _sse(
-    serving: Serving, req: Req, merged: AsyncIterator[tuple[int, Any]], n_prompts: list[int], rid: str
-) -> AsyncIterator[str]:
+async def _sse(serving: Serving, req: Req, plan: Plan, pieces: AsyncIterator[tuple[int, Piece]],
+               rid: str) -> AsyncIterator[str]:
     tok = serving.tokenizer
-    created = _now()
+    created = now()
     chat = isinstance(req, ChatCompletionRequest)
     obj = "chat.completion.chunk" if chat else "text_completion"
-    started: set[int] = set()
+    states: dict[int, ChoiceState] = {}
     offsets: dict[int, int] = {}
-    completion_tokens = 0
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     try:
-        async for i, out in merged:
-            for c in out.outputs:
-                index = i * req.n + c.index
-                ids = list(c.token_ids)
-                completion_tokens += len(ids)
-                if chat:
-                    delta: dict[str, Any] = {"content": c.text}
-                    if index not in started:
-                        delta["role"] = "assistant"
-                        started.add(index)
-                    choice = {
-                        "index": index,
-                        "delta": delta,
-                        "logprobs": _logprobs(req, tok, ids, c.logprobs),
-                        "finish_reason": c.finish_reason,
-                    }
-                else:
-                    off = offsets.get(index, 0)
-                    choice = {
-                        "index": index,
-                        "text": c.text,
-                        "logprobs": _logprobs(req, tok, ids, c.logprobs, off),
-                        "finish_reason": c.finish_reason,
-                    }
-                    offsets[index] = off + len(c.text)
-                chunk: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": serving.model_name,
-                                         "choices": [choice]}
-                if include_usage:
-                    chunk["usage"] = None
-                yield sse(chunk)
+        async for _i, p in pieces:
+            first = p.index not in states
+            st = states.setdefault(p.index, ChoiceState())
+            st.add(p)
+            choice: dict[str, Any] = {"index": p.index}
+            if chat:
+                delta: dict[str, Any] = {"content": p.text}
+                if first:
+                    delta["role"] = "assistant"
+                choice["delta"] = delta
+                choice["logprobs"] = _logprobs(req, tok, p.token_ids, p.logprobs)
+            else:
+                off = offsets.get(p.index, 0)
+                choice["text"] = p.text
+                choice["logprobs"] = _logprobs(req, tok, p.token_ids, p.logprobs, off)
+                offsets[p.index] = off + len(p.text)
+            choice["finish_reason"] = p.finish_reason
+            if plan.probes:
+                # this chunk's tokens; the final chunk of a choice also carries its summary
+                choice["probe_scores"] = p.probe_tokens or {}
+                if p.finish_reason is not None:
+                    choice["probe_summary"] = probe_summary(serving, st)
+            chunk: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": serving.model_name,
+                                     "choices": [choice]}
+            if include_usage:
+                chunk["usage"] = None
+            yield sse(chunk)
+        completion = _account(serving, plan, states)
         if include_usage:
             yield sse({"id": rid, "object": obj, "created": created, "model": serving.model_name, "choices": [],
-                       "usage": _usage(sum(n_prompts), completion_tokens)})
+                       "usage": _usage(plan.n_prompt_tokens, completion)})
         yield "data: [DONE]\n\n"
     finally:
-        await merged.aclose()  # type: ignore[attr-defined]
+        await pieces.aclose()  # type: ignore[attr-defined]

@@ -57,28 +57,36 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     return out or None
 
 
+def _respond(req: Request, err: APIError) -> JSONResponse:
+    metrics = getattr(req.app.state, "metrics", None)
+    if metrics is not None and 400 <= err.status < 500:
+        metrics.rejected.labels(err.code or f"http_{err.status}").inc()
+    return err.response()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
-    async def _api_error(_req: Request, exc: APIError) -> JSONResponse:
-        return exc.response()
+    async def _api_error(req: Request, exc: APIError) -> JSONResponse:
+        return _respond(req, exc)
 
     @app.exception_handler(SpecError)
-    async def _spec_error(_req: Request, exc: SpecError) -> JSONResponse:
-        return bad_request(str(exc), exc.param, "invalid_steering").response()
+    async def _spec_error(req: Request, exc: SpecError) -> JSONResponse:
+        return _respond(req, bad_request(str(exc), exc.param, "invalid_steering"))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_req: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
         first = errs[0] if errs else {"msg": "invalid request", "loc": ()}
         loc = tuple(first.get("loc", ()))
         if first.get("type") == "json_invalid":
-            return bad_request(f"request body is not valid JSON: {first.get('msg')}", None, "invalid_json").response()
+            return _respond(req, bad_request(f"request body is not valid JSON: {first.get('msg')}", None,
+                                             "invalid_json"))
         param = _loc_to_param(loc)
         msg = str(first.get("msg", "invalid value"))
         text = f"{param}: {msg}" if param else msg
-        return bad_request(text, param, "invalid_value").response()
+        return _respond(req, bad_request(text, param, "invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return APIError(exc.status_code, str(exc.detail), type=kind).response()
+        return _respond(req, APIError(exc.status_code, str(exc.detail), type=kind))

@@ -42,7 +42,11 @@ _STEERING_DOC = (
     "truthsteer: steering operations applied in order, e.g. "
     '[{"direction": "truth", "op": "add", "strength": 4.0, "layers": {"start": 10, "end": 16}}]'
 )
-_PROBES_DOC = 'truthsteer: probes to score every generated token with (names, or "all")'
+_PROBES_DOC = (
+    'truthsteer: probes to score every generated token with (names, or "all"). Each choice then carries '
+    '"probe_scores": {"truth": {"mean", "min", "last", "tokens": [one calibrated score per generated token], '
+    '"flagged"}}; stream chunks carry the scores of their tokens and the final chunk "probe_summary".'
+)
 
 
 class _Common(_Req):
@@ -134,10 +138,36 @@ class ChatCompletionRequest(_Common):
 
 
 class ProbeScoreRequest(_Req):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"model": "SmolLM2-135M-Instruct", "input": ["Paris is in France.", "Paris is in Japan."],
+                 "probes": ["truth"], "reduce": "last"}
+            ]
+        },
+    )
     model: str
-    input: str | list[str]
+    input: str | list[str] = Field(description="text(s) to score; each is prefilled once, nothing is generated")
     probes: list[str] | Literal["all"] = "all"
-    reduce: Literal["last", "mean"] = "last"
+    reduce: Literal["last", "mean"] = Field(
+        default="last", description="last: score of the last token (as the probes were trained); mean: over all tokens"
+    )
+
+
+class ProbeScore(BaseModel):
+    index: int
+    object: Literal["probe_score"] = "probe_score"
+    scores: dict[str, float | None]
+    tokens: int
+
+
+class ProbeScoreList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ProbeScore]
+    model: str
+    reduce: str
+    usage: dict[str, int]
 
 
 class Usage(BaseModel):

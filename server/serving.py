@@ -1,24 +1,33 @@
-"""Serving logic: OpenAI requests -> steered vLLM requests -> OpenAI responses and SSE chunks.
+"""Serving logic: OpenAI requests -> steered vLLM requests -> choice pieces with probe scores.
 
 Raises :class:`~server.errors.APIError` / :class:`~steering.errors.SpecError` for client errors;
-routes stay thin and ``errors.py`` maps everything to OpenAI's error shape.
+routes stay thin and ``errors.py`` maps everything to OpenAI's error shape. Formatting of the
+OpenAI response objects lives in ``completions.py`` and ``formatting.py``.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from server.errors import APIError, bad_request
+from server.formatting import now
+from server.metrics import Metrics
+from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
 from steering.engine import EngineOptions, PreparedEngine, prepare
-from steering.spec import EXTRA_ARGS_KEY, Limits, cache_salt, resolve, wire
+from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
+from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
+
+log = logging.getLogger(__name__)
+Req = CompletionRequest | ChatCompletionRequest
+PROBE_WAIT_S = 30.0
 
 
 @dataclass
@@ -29,6 +38,39 @@ class Prepared:
     n_prompt: int
 
 
+@dataclass
+class Job:
+    """One engine request: a prompt with its sampling parameters; its choices start at ``base``."""
+
+    prepared: Prepared
+    params: Any
+    request_id: str
+    base: int
+    probe_id: str | None = None
+
+
+@dataclass
+class Piece:
+    """New output of one choice (a delta): what the response formatters consume."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: Any
+    finish_reason: str | None
+    prompt_token_ids: list[int]
+    probe_tokens: dict[str, list[float | None]] | None = None
+
+
+@dataclass
+class Plan:
+    jobs: list[Job]
+    ops: list[ResolvedOp]
+    probes: list[str]
+    n_prompt_tokens: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
 def default_model_name(model: str | None, prepared: PreparedEngine) -> str:
     from steering.models import DEFAULT_MODEL, PACKAGED_MODELS
 
@@ -37,12 +79,9 @@ def default_model_name(model: str | None, prepared: PreparedEngine) -> str:
     return Path(prepared.model_path).name or prepared.info.name
 
 
-def _now() -> int:
-    return int(time.time())
-
-
 class Serving:
-    def __init__(self, settings: Settings, engine: Any, prepared: PreparedEngine, tokenizer: Any) -> None:
+    def __init__(self, settings: Settings, engine: Any, prepared: PreparedEngine, tokenizer: Any,
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.prepared = prepared
@@ -53,7 +92,10 @@ class Serving:
             max_ops_per_layer=settings.max_ops_per_layer,
             max_abs_strength=settings.max_abs_strength,
         )
-        self.created = _now()
+        self.probes: dict[str, ProbeInfo] = available_probes(prepared.bundles, settings.probe_flag_thresholds)
+        self.metrics = metrics or Metrics(prepared.bundles, self.probes)
+        self.receiver: ProbeReceiver | None = None
+        self.created = now()
 
     @classmethod
     def start(cls, settings: Settings) -> Serving:
@@ -75,35 +117,41 @@ class Serving:
             seed=settings.seed,
         )
         prepared = prepare(opts)
-        engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**prepared.engine_kwargs))
+        metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))
+        engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**prepared.engine_kwargs), stat_loggers=[metrics.stat_logger_factory()]
+        )
         tokenizer = AutoTokenizer.from_pretrained(prepared.model_path)
-        return cls(settings, engine, prepared, tokenizer)
+        return cls(settings, engine, prepared, tokenizer, metrics)
+
+    async def connect_probes(self) -> None:
+        """Ask the workers where they publish probe rows and start listening (once, at start-up)."""
+        if not self.probes:
+            return
+        addresses = [a for a in await self.engine.collective_rpc("truthsteer_probe_address") if a]
+        if not addresses:
+            raise RuntimeError("truthsteer: the engine publishes no probe channel; is the plugin installed?")
+        self.receiver = ProbeReceiver(addresses[0])
+        self.receiver.start()
+
+    async def close(self) -> None:
+        if self.receiver is not None:
+            await self.receiver.close()
+        self.engine.shutdown()
 
     # ------------------------------------------------------------------ metadata
     def models(self) -> ModelList:
-        return ModelList(
-            data=[
-                ModelCard(
-                    id=self.model_name,
-                    created=self.created,
-                    root=self.prepared.model_path,
-                    max_model_len=self.settings.max_model_len,
-                )
-            ]
-        )
+        return ModelList(data=[ModelCard(id=self.model_name, created=self.created, root=self.prepared.model_path,
+                                         max_model_len=self.settings.max_model_len)])
 
     def check_model(self, name: str) -> None:
         if name != self.model_name:
-            raise APIError(
-                404,
-                f"model '{name}' does not exist; this server serves '{self.model_name}'",
-                type="not_found_error",
-                param="model",
-                code="model_not_found",
-            )
+            raise APIError(404, f"model '{name}' does not exist; this server serves '{self.model_name}'",
+                           type="not_found_error", param="model", code="model_not_found")
 
     # ------------------------------------------------------------------ request building
-    def _sampling(self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int, steering: Any) -> Any:
+    def sampling(self, req: Req, max_tokens: int, ops: list[ResolvedOp], n: int, seed: int | None,
+                 probe_id: str | None, prompt_scores: bool = False) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -111,93 +159,137 @@ class Serving:
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
         else:
             logprobs = req.logprobs
-        extra = {EXTRA_ARGS_KEY: {"steering": wire(steering)}} if steering else None
-        kind = RequestOutputKind.DELTA if req.stream else RequestOutputKind.FINAL_ONLY
+        ext: dict[str, Any] = {}
+        if ops:
+            ext["steering"] = wire(ops)
+        if probe_id:
+            ext["probes"] = {"id": probe_id, "prompt": prompt_scores}
         try:
             return SamplingParams(
-                n=req.n,
-                temperature=req.temperature,
-                top_p=req.top_p,
-                max_tokens=max_tokens,
-                stop=req.stop,
-                seed=req.seed,
-                presence_penalty=req.presence_penalty,
-                frequency_penalty=req.frequency_penalty,
-                logprobs=logprobs,
-                extra_args=extra,
-                output_kind=kind,
+                n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
+                presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, logprobs=logprobs,
+                extra_args={EXTRA_ARGS_KEY: ext} if ext else None, output_kind=RequestOutputKind.DELTA,
             )
         except ValueError as e:  # vLLM's own checks on sampling parameters
             raise bad_request(str(e), None, "invalid_value") from e
 
-    def _validate_common(self, req: CompletionRequest | ChatCompletionRequest) -> Any:
+    def _validate_common(self, req: Req) -> tuple[list[ResolvedOp], list[str]]:
         self.check_model(req.model)
         if req.n > self.settings.max_n:
-            raise bad_request(f"n must be <= {self.settings.max_n}", "n")
+            raise bad_request(f"n must be <= {self.settings.max_n}", "n", "invalid_value")
         if req.decoding is not None:
             raise bad_request("contrastive decoding is not available on this server yet", "decoding", "unsupported")
-        if req.probes:
-            raise bad_request("probe scores are not available on this server yet", "probes", "unsupported")
-        ops = resolve(
-            req.steering or [], self.prepared.bundles, self.prepared.info.num_layers, self.limits, "steering"
-        )
-        return ops
+        probes = select_probes(req.probes, self.probes)
+        if probes and self.receiver is None:
+            raise APIError(503, "probe scores are unavailable: the probe channel is not connected",
+                           type="service_unavailable", param="probes", code="probes_unavailable")
+        ops = resolve(req.steering or [], self.prepared.bundles, self.prepared.info.num_layers, self.limits,
+                      "steering")
+        return ops, probes
 
-    def _budget(self, req: CompletionRequest | ChatCompletionRequest, n_prompt: int) -> int:
+    def _budget(self, req: Req, n_prompt: int) -> int:
         limit = self.settings.max_model_len
-        requested = req.max_completion_tokens if isinstance(req, ChatCompletionRequest) else None
-        requested = requested or req.max_tokens
-        param = "max_completion_tokens" if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens else "max_tokens"
+        chat = isinstance(req, ChatCompletionRequest)
+        requested = (req.max_completion_tokens if chat else None) or req.max_tokens  # type: ignore[union-attr]
+        param = "max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens"  # type: ignore[union-attr]
         if n_prompt >= limit:
-            raise bad_request(
-                f"the prompt has {n_prompt} tokens; this model's context is {limit}", "messages"
-                if isinstance(req, ChatCompletionRequest) else "prompt", "context_length_exceeded"
-            )
+            raise bad_request(f"the prompt has {n_prompt} tokens; this model's context is {limit}",
+                              "messages" if chat else "prompt", "context_length_exceeded")
         if requested is None:
             return min(self.settings.default_max_tokens, limit - n_prompt)
         if n_prompt + requested > limit:
-            raise bad_request(
-                f"{n_prompt} prompt tokens + {param}={requested} exceed the context of {limit} tokens",
-                param,
-                "context_length_exceeded",
-            )
-        return requested
+            raise bad_request(f"{n_prompt} prompt tokens + {param}={requested} exceed the context of {limit} tokens",
+                              param, "context_length_exceeded")
+        return int(requested)
 
-    def _prompts(self, req: CompletionRequest | ChatCompletionRequest, salt: str | None) -> list[Prepared]:
-        if isinstance(req, ChatCompletionRequest):
-            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in req.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids_list = [self.tokenizer(text, add_special_tokens=False)["input_ids"]]
-        else:
-            ids_list = [
-                list(self.tokenizer(x)["input_ids"]) if isinstance(x, str) else list(x) for x in _prompt_items(req.prompt)
-            ]
+    def tokenize(self, items: list[str | list[int]], param: str, salt: str | None) -> list[Prepared]:
         vocab = len(self.tokenizer)
         out = []
-        for ids in ids_list:
+        for x in items:
+            ids = list(self.tokenizer(x)["input_ids"]) if isinstance(x, str) else list(x)
             if not ids:
-                raise bad_request("prompt must not be empty", "prompt")
+                raise bad_request(f"{param} must not be empty", param)
             if any(not 0 <= t < vocab for t in ids):
-                raise bad_request(f"token ids must be in [0, {vocab})", "prompt")
+                raise bad_request(f"token ids must be in [0, {vocab})", param)
             prompt: dict[str, Any] = {"prompt_token_ids": ids}
             if salt:
                 prompt["cache_salt"] = salt
             out.append(Prepared(prompt, len(ids)))
         return out
 
-    def build(self, req: CompletionRequest | ChatCompletionRequest) -> tuple[list[Prepared], Any, list[Any]]:
-        ops = self._validate_common(req)
+    def _prompts(self, req: Req, salt: str | None) -> list[Prepared]:
+        if isinstance(req, ChatCompletionRequest):
+            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
+                        for m in req.messages]
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ids: list[int] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return self.tokenize([ids], "messages", salt)
+        return self.tokenize(_prompt_items(req.prompt), "prompt", salt)
+
+    def build(self, req: Req) -> Plan:
+        ops, probes = self._validate_common(req)
         prompts = self._prompts(req, cache_salt(ops))
         max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
-        return prompts, self._sampling(req, max_tokens, ops), ops
+        base_id = uuid.uuid4().hex
+        jobs: list[Job] = []
+        for i, p in enumerate(prompts):
+            if not probes:
+                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None)
+                jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n))
+                continue
+            # one engine request per choice, so that every choice has its own probe id; seeds as
+            # vLLM derives them for its own n > 1 children (seed + index)
+            for j in range(req.n):
+                pid = f"{base_id}-{i}-{j}"
+                seed = None if req.seed is None else req.seed + j
+                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid), pid, i * req.n + j, pid))
+        self._count_request(ops, probes)
+        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts))
+
+    def _count_request(self, ops: list[ResolvedOp], probes: list[str]) -> None:
+        m = self.metrics
+        if ops:
+            m.steered_requests.inc()
+            for op in ops:
+                m.steering_ops.labels(op.direction, op.op).inc()
+        if probes:
+            m.probe_requests.inc()
 
     # ------------------------------------------------------------------ generation
-    async def run(self, prompt: Prepared, params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def generate(self, job: Job, probes: list[str], endpoint: str) -> AsyncIterator[Piece]:
+        """Run one engine request; yield its deltas, with probe scores attached when asked for."""
+        sink: ProbeSink | None = None
+        if job.probe_id and self.receiver is not None:
+            sink = self.receiver.register(job.probe_id)
+        done: dict[int, int] = {}  # tokens seen per choice
+        start = last = time.monotonic()
+        n_prompt = job.prepared.n_prompt
         try:
-            async for out in self.engine.generate(prompt.prompt, params, request_id):
-                yield out
+            async for out in self.engine.generate(job.prepared.prompt, job.params, job.request_id):
+                t = time.monotonic()
+                for c in out.outputs:
+                    ids = list(c.token_ids)
+                    k0 = done.get(c.index, 0)
+                    done[c.index] = k0 + len(ids)
+                    if ids:
+                        if k0 == 0 and c.index == 0:
+                            self.metrics.ttft.labels(endpoint).observe(t - start)
+                        elif k0:
+                            self.metrics.itl.observe((t - last) / len(ids))
+                    scores = None
+                    if sink is not None and self.receiver is not None:
+                        # token k was sampled from the activation at position n_prompt - 1 + k
+                        positions = range(n_prompt - 1 + k0, n_prompt - 1 + k0 + len(ids))
+                        if not await self.receiver.wait(sink, positions, PROBE_WAIT_S):
+                            log.warning("truthsteer: probe scores of %s missing at %s", job.request_id, positions)
+                        scores = sink.scores(probes, positions)
+                    yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
+                                list(out.prompt_token_ids or []), scores)
+                last = t
         finally:
-            await self.engine.abort(request_id)
+            await self.engine.abort(job.request_id)
+            if sink is not None and self.receiver is not None and job.probe_id:
+                self.receiver.unregister(job.probe_id)
 
 
 def _prompt_items(p: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
@@ -207,54 +299,3 @@ def _prompt_items(p: str | list[str] | list[int] | list[list[int]]) -> list[str 
     if all(isinstance(x, int) for x in p):
         return [[int(x) for x in p]]  # type: ignore[arg-type]
     return list(p)  # type: ignore[arg-type]
-
-
-def chat_logprobs(
-    tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any]] | None, top_k: int
-) -> dict[str, Any] | None:
-    """OpenAI chat ``logprobs.content``: the sampled token plus the ``top_k`` most likely ones.
-
-    vLLM returns the top ``top_k`` entries (ranks 1..k) plus the sampled token when it ranks lower.
-    """
-    if logprobs is None:
-        return None
-
-    def entry(t: int, logprob: float) -> dict[str, Any]:
-        text = tokenizer.decode([t])
-        return {"token": text, "logprob": max(logprob, -9999.0), "bytes": list(text.encode())}
-
-    content = []
-    for tid, d in zip(token_ids, logprobs, strict=False):
-        chosen = d.get(tid)
-        top = sorted(((lp.rank, t, lp.logprob) for t, lp in d.items() if lp.rank is not None and lp.rank <= top_k))
-        content.append(
-            {
-                **entry(tid, chosen.logprob if chosen else -9999.0),
-                "top_logprobs": [entry(t, logprob) for _rank, t, logprob in top],
-            }
-        )
-    return {"content": content}
-
-
-def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
-    if logprobs is None:
-        return None
-    tokens, tlp, top, offsets = [], [], [], []
-    pos = offset
-    for tid, d in zip(token_ids, logprobs, strict=False):
-        tok = tokenizer.decode([tid])
-        tokens.append(tok)
-        chosen = d.get(tid)
-        tlp.append(chosen.logprob if chosen else None)
-        top.append({tokenizer.decode([t]): lp.logprob for t, lp in d.items()})
-        offsets.append(pos)
-        pos += len(tok)
-    return {"tokens": tokens, "token_logprobs": tlp, "top_logprobs": top, "text_offset": offsets}
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
-
-
-def sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"

@@ -99,6 +99,8 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             force=opts.force,
         )
         kwargs["additional_config"] = wc.to_additional_config()
+        # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)
+        kwargs["worker_extension_cls"] = "steering.vllm.worker_ext.TruthsteerWorkerExtension"
     kwargs.update(opts.extra)
     return PreparedEngine(model_path, info, bundles, kwargs)
 

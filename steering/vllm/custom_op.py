@@ -64,3 +64,46 @@ def steer_hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
     return torch.ops.truthsteer.steer(
         output, zeros, module._ts_table, module._ts_idx, module._ts_coef, module._ts_active
     )
+
+
+@torch.library.custom_op("truthsteer::probe", mutates_args=("out",))
+def probe(
+    hidden: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    active: torch.Tensor,
+) -> None:
+    """Write the probe logits of every token of this step into ``out[:tokens]`` (``[max_tokens, P]``).
+
+    ``weight`` ``[P, H]`` and ``bias`` ``[P]`` (float32) are the layer's probes with their Platt
+    calibration folded in, so ``sigmoid(out)`` is the calibrated score. On CPU the op is skipped
+    when no request of this step asked for scores (``active == 0``).
+    """
+    if hidden.device.type == "cpu" and int(active.item()) == 0:
+        return
+    n = hidden.shape[0]
+    stream = hidden.float() + residual.float()
+    torch.addmm(bias, stream, weight.t(), out=out[:n])
+
+
+@probe.register_fake
+def _probe_fake(
+    hidden: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    out: torch.Tensor,
+    active: torch.Tensor,
+) -> None:
+    return None
+
+
+def probe_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+    """Forward hook after ``steer_hook`` on layers that carry probes: reads the (steered) stream."""
+    if isinstance(output, tuple):
+        hidden, residual = output[0], output[1]
+    else:
+        hidden, residual = output, torch.zeros_like(output)
+    torch.ops.truthsteer.probe(hidden, residual, module._ts_pw, module._ts_pb, module._ts_pout, module._ts_pactive)

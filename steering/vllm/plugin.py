@@ -7,7 +7,8 @@ methods, doing nothing unless the engine was built with truthsteer's ``additiona
   install a :class:`~steering.vllm.runtime.SteeringRuntime` on the runner: it hooks every decoder
   layer with the custom op and owns the fixed-shape per-step tables.
 * ``_model_forward`` (vLLM's documented override point, called once per step inside the forward
-  context, outside any compiled region or CUDA graph): refresh the tables from this step's batch.
+  context, outside any compiled region or CUDA graph): refresh the tables from this step's batch
+  before the pass, and send the probe rows of the step after it.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def _model_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
         runtime = getattr(self, "truthsteer", None)
-        if runtime is not None:
-            runtime.prepare_step(self)
-        return fn(self, *args, **kwargs)
+        if runtime is None:
+            return fn(self, *args, **kwargs)
+        runtime.prepare_step(self)
+        out = fn(self, *args, **kwargs)
+        runtime.finish_step()
+        return out
 
     setattr(_model_forward, _PATCHED, True)
     return _model_forward

@@ -31,6 +31,8 @@ from steering.ops import coefficients
 from steering.spec import EXTRA_ARGS_KEY, ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import steer_hook
+from steering.vllm.probe_channel import ProbeSender
+from steering.vllm.probe_readout import ProbeReadout
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,15 @@ def find_decoder_layers(model: nn.Module, num_layers: int) -> nn.ModuleList:
     raise RuntimeError(f"truthsteer: no decoder-layer list of length {num_layers} in {type(model).__name__}")
 
 
+def _is_first_rank() -> bool:
+    try:
+        from vllm.distributed import get_tensor_model_parallel_rank
+
+        return int(get_tensor_model_parallel_rank()) == 0
+    except (ImportError, AssertionError):  # no distributed state (tests)
+        return True
+
+
 class SteeringRuntime:
     def __init__(
         self,
@@ -91,7 +102,8 @@ class SteeringRuntime:
         self.rows: list[dict[str, int]] = [{} for _ in range(self.num_layers)]
         self.norms: list[dict[str, float]] = [{} for _ in range(self.num_layers)]
         per_layer: list[list[torch.Tensor]] = [[] for _ in range(self.num_layers)]
-        for b in bundles:
+        bundles_list = list(bundles)
+        for b in bundles_list:
             for k, v in b.vectors.items():
                 self.rows[k][b.name] = len(per_layer[k]) + 1  # row 0 is the zero vector
                 self.norms[k][b.name] = float(torch.linalg.vector_norm(v))
@@ -122,6 +134,9 @@ class SteeringRuntime:
         self._prev_tokens = 0
         self._plans: dict[str, Plan | None] = {}
         self.rejected = 0
+        # probes read after steering: their hooks are registered after the steering hooks
+        self.readout = ProbeReadout(layers, bundles_list, max_tokens, device)
+        self.sender: ProbeSender | None = None
 
     # ----------------------------------------------------------------- installation
     @classmethod
@@ -143,11 +158,18 @@ class SteeringRuntime:
             device=runner.device,
             dtype=runner.model_config.dtype,
         )
+        if rt.readout and _is_first_rank():
+            rt.sender = ProbeSender()  # one sender per engine: the stream is replicated across TP ranks
         log.info(
-            "truthsteer: steering op on %d layers, directions %s, %d slots x %d tokens",
-            len(rt.buffers), names, rt.k, rt.max_tokens,
+            "truthsteer: steering op on %d layers, directions %s, %d slots x %d tokens; probes %s%s",
+            len(rt.buffers), names, rt.k, rt.max_tokens, rt.readout.names,
+            f" -> {rt.sender.address}" if rt.sender else "",
         )
         return rt
+
+    @property
+    def probe_address(self) -> str | None:
+        return self.sender.address if self.sender else None
 
     # ----------------------------------------------------------------- request plans
     def plan_for(self, ops: list[ResolvedOp]) -> Plan:
@@ -229,6 +251,17 @@ class SteeringRuntime:
             for rid in [r for r in self._plans if r not in live]:
                 del self._plans[rid]
         self._flush(touched, total)
+        if self.readout:
+            qsl_np = runner.query_start_loc.np if n else np.zeros(1, dtype=np.int32)
+            self.readout.prepare(req_ids, runner.requests, qsl_np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu)
+
+    def finish_step(self) -> None:
+        """After the forward pass: send this step's probe rows to the API process."""
+        if not self.readout:
+            return
+        msg = self.readout.collect()
+        if msg is not None and self.sender is not None:
+            self.sender.send(msg)
 
     def _flush(self, touched: dict[int, int], total: int) -> None:
         span = max(total, self._prev_tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -138,3 +139,136 @@ def test_chat_logprobs_carry_top_k_per_token(client: Any) -> None:
     for tok in content:
         assert len(tok.top_logprobs) == 3
         assert tok.top_logprobs[0].token == tok.token  # greedy: the sampled token is the most likely
+
+
+def _auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_probe_scores_one_per_generated_token_and_equal_to_the_hf_probe(client: Any, server: str) -> None:
+    """Scores come from the same forward pass; they equal the bundle's probe on HF activations."""
+    import torch
+
+    from probes.extract import load_hf
+    from steering.bundle import load_directory
+    from steering.engine import DEFAULT_DIRECTIONS
+    from steering.models import resolve_model
+    from steering.vllm.probe_readout import folded_probe
+
+    r = client.completions.create(model="smollm2", prompt="The capital of France is", max_tokens=12, temperature=0,
+                                  extra_body={"probes": ["truth", "sycophancy"]})
+    ps = r.choices[0].model_extra["probe_scores"]
+    n = r.usage.completion_tokens
+    for name in ("truth", "sycophancy"):
+        tokens = ps[name]["tokens"]
+        assert len(tokens) == n and all(0.0 <= t <= 1.0 for t in tokens)
+        assert ps[name]["mean"] == pytest.approx(sum(tokens) / n) and ps[name]["last"] == tokens[-1]
+    # HF reference: the stream after the probe layer at the positions that sampled each token
+    path = resolve_model(None)
+    model, tok = load_hf(path)
+    ids = tok("The capital of France is")["input_ids"]
+    gen = tok(r.choices[0].text, add_special_tokens=False)["input_ids"]
+    if len(gen) != n:  # re-tokenisation of the text differs: compare the prompt-side position only
+        gen = gen[:0]
+    bundles = load_directory(DEFAULT_DIRECTIONS)
+    with torch.inference_mode():
+        hs = model(torch.tensor([ids + gen]), output_hidden_states=True).hidden_states
+    for name in ("truth", "sycophancy"):
+        b = bundles[name]
+        assert b.meta.probe is not None
+        w, bias = folded_probe(b)
+        stream = hs[b.meta.probe.layer + 1][0]  # hidden_states[k + 1] = output of decoder layer k
+        k = max(1, len(gen))
+        want = torch.sigmoid(stream[len(ids) - 1 : len(ids) - 1 + k] @ w + bias).tolist()
+        assert ps[name]["tokens"][:k] == pytest.approx(want, abs=2e-3)
+
+
+def test_stream_with_probe_scores_and_final_summary(client: Any) -> None:
+    stream = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Count to five."}], max_tokens=10, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"probes": ["truth"]},
+    )
+    per_token: list[float] = []
+    summary = None
+    usage = None
+    for ch in stream:
+        usage = ch.usage or usage
+        for c in ch.choices:
+            per_token += c.model_extra["probe_scores"]["truth"]
+            summary = c.model_extra.get("probe_summary") or summary
+    assert usage is not None and len(per_token) == usage.completion_tokens
+    assert summary is not None and summary["truth"]["tokens"] == per_token
+
+
+def test_probe_score_endpoint_separates_true_from_false(server: str) -> None:
+    pairs = [("Paris", "France", "Japan"), ("Tokyo", "Japan", "Brazil"), ("Berlin", "Germany", "Egypt"),
+             ("Madrid", "Spain", "China"), ("Rome", "Italy", "Canada"), ("Cairo", "Egypt", "Norway")]
+    true = [f"The city of {c} is in {t}." for c, t, _ in pairs]  # the training statements' form
+    false = [f"The city of {c} is in {f}." for c, _, f in pairs]
+    r = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": true + false, "probes": ["truth"]},
+                   headers=_auth(), timeout=300)
+    assert r.status_code == 200, r.text
+    s = [d["scores"]["truth"] for d in r.json()["data"]]
+    assert all(0 <= x <= 1 for x in s)
+    assert sum(s[:6]) / 6 > sum(s[6:]) / 6 + 0.05
+    mean = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": true[:2], "reduce": "mean"},
+                      headers=_auth(), timeout=300).json()
+    assert set(mean["data"][0]["scores"]) == {"truth", "sycophancy"}
+    bad = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": "x", "probes": ["nope"]},
+                     headers=_auth())
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "probes[0]"
+
+
+def test_32_concurrent_mixed_requests_equal_their_solo_runs(server: str) -> None:
+    """Steered, unsteered, probed and streamed greedy requests in one batch: nothing leaks."""
+    import asyncio
+
+    prompts = ["Name a fruit.", "Where is Lyon?", "Say something kind.", "What is 2+2?"]
+
+    def body(i: int) -> dict[str, Any]:
+        b: dict[str, Any] = {"model": "smollm2", "messages": [{"role": "user", "content": prompts[i % 4]}],
+                             "max_tokens": 12, "temperature": 0}
+        if i % 4 in (1, 3):
+            b["steering"] = [{"direction": "truth", "strength": 2.0 + 2 * (i % 3)}]
+        if i % 3 == 0:
+            b["probes"] = ["truth"]
+        if i % 5 == 0:
+            b["stream"] = True
+        return b
+
+    async def one(c: httpx.AsyncClient, i: int) -> tuple[str, list[float] | None]:
+        b = body(i)
+        if b.get("stream"):
+            text, scores = "", []
+            async with c.stream("POST", f"{server}/v1/chat/completions", json=b, headers=_auth()) as r:
+                async for line in r.aiter_lines():
+                    if line.startswith("data: {"):
+                        for ch in json.loads(line[6:])["choices"]:
+                            text += ch["delta"].get("content") or ""
+                            scores += ch.get("probe_scores", {}).get("truth", [])
+            return text, (scores or None)
+        r = await c.post(f"{server}/v1/chat/completions", json=b, headers=_auth())
+        ch = r.json()["choices"][0]
+        return ch["message"]["content"], (ch.get("probe_scores") or {}).get("truth", {}).get("tokens")
+
+    async def run(idx: list[int]) -> list[tuple[str, list[float] | None]]:
+        async with httpx.AsyncClient(timeout=600) as c:
+            return await asyncio.gather(*[one(c, i) for i in idx])
+
+    together = asyncio.run(run(list(range(32))))
+    solo = [asyncio.run(run([i]))[0] for i in range(12)]  # the configuration of i depends on i % 12 only
+    for i in range(32):
+        text, scores = solo[i % 12]
+        assert together[i][0] == text, i
+        if scores is not None:
+            assert together[i][1] == pytest.approx(scores, abs=1e-4), i
+
+
+def test_metrics_after_traffic(server: str) -> None:
+    text = httpx.get(f"{server}/metrics").text
+    for needle in ('truthsteer_requests_total{endpoint="chat",status="200"}', "truthsteer_probe_score_count",
+                   'truthsteer_steering_ops_total{direction="truth",op="add"}', "truthsteer_kv_cache_usage_ratio",
+                   "truthsteer_time_to_first_token_seconds_bucket"):
+        assert needle in text, needle
+    served = [ln for ln in text.splitlines() if ln.startswith('truthsteer_requests_total{endpoint="chat",status="200"}')]
+    assert float(served[0].split()[-1]) >= 10

@@ -41,11 +41,13 @@ def test_wrappers_are_inert_without_config_and_patch_once() -> None:
     assert r._model_forward(1) == 2 and r.calls == ["load", "forward"]
 
 
-def test_model_forward_prepares_the_step_first() -> None:
+def test_model_forward_prepares_the_step_before_and_sends_probes_after() -> None:
     cls = type("Runner2", (FakeRunner,), {"_model_forward": FakeRunner._model_forward})
     plugin._patch(cls, "_model_forward", plugin._wrap_model_forward)
     r = cls({})
     order: list[str] = []
-    r.truthsteer = SimpleNamespace(prepare_step=lambda runner: order.append("prepare"))  # type: ignore[attr-defined]
+    r.truthsteer = SimpleNamespace(  # type: ignore[attr-defined]
+        prepare_step=lambda runner: order.append("prepare"), finish_step=lambda: order.append("finish")
+    )
     r.calls = order
-    assert r._model_forward(41) == 42 and order == ["prepare", "forward"]
+    assert r._model_forward(41) == 42 and order == ["prepare", "forward", "finish"]

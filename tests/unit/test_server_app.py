@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -14,23 +16,45 @@ from server.app import create_app
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
+from steering.vllm.probe_channel import ProbeSender, StepMessage
 from tests.unit.helpers import INFO, make_bundle
 
 KEY = "sk-unit"
 
 
+def fake_logit(prompt_len: int, position: int) -> float:
+    return 0.25 * position - 0.1 * prompt_len
+
+
 class FakeEngine:
+    """Yields ``min(max_tokens, 3)`` one-token deltas per choice; publishes probe rows like the worker."""
+
     def __init__(self) -> None:
         self.requests: list[tuple[dict[str, Any], Any, str]] = []
         self.aborted: list[str] = []
+        self.sender = ProbeSender()
+
+    async def collective_rpc(self, method: str) -> list[str | None]:
+        assert method == "truthsteer_probe_address"
+        return [self.sender.address]
 
     async def generate(self, prompt: dict[str, Any], params: Any, rid: str) -> AsyncIterator[Any]:
         self.requests.append((prompt, params, rid))
-        for k in range(params.n):
-            yield SimpleNamespace(
-                prompt_token_ids=prompt["prompt_token_ids"],
-                outputs=[SimpleNamespace(index=k, text=" Paris", token_ids=[7042], logprobs=None, finish_reason="length")],
-            )
+        ids = prompt["prompt_token_ids"]
+        probe = ((params.extra_args or {}).get("truthsteer") or {}).get("probes")
+        steps = min(params.max_tokens, 3)
+        for step in range(steps):
+            pos = len(ids) - 1 + step
+            if probe:
+                rows = [pos] if not probe["prompt"] or step else list(range(len(ids)))
+                self.sender.send(StepMessage(["truth"], [(probe["id"], rows, [[fake_logit(len(ids), p)] for p in rows])]))
+                await asyncio.sleep(0)
+            for k in range(params.n):
+                yield SimpleNamespace(
+                    prompt_token_ids=ids,
+                    outputs=[SimpleNamespace(index=k, text=" Paris", token_ids=[7042], logprobs=None,
+                                             finish_reason="length" if step == steps - 1 else None)],
+                )
 
     async def abort(self, rid: str) -> None:
         self.aborted.append(rid)
@@ -39,7 +63,7 @@ class FakeEngine:
         return None
 
     def shutdown(self) -> None:
-        return None
+        self.sender.close()
 
 
 class FakeTokenizer:
@@ -80,7 +104,8 @@ def test_completion_shape_and_steering_reaches_the_engine(app_client: Any) -> No
             "steering": [{"direction": "truth", "strength": 2.5, "layers": {"start": 1, "end": 3}}]}
     r = app_client.post("/v1/completions", json=body).json()
     assert r["object"] == "text_completion" and [c["index"] for c in r["choices"]] == [0, 1]
-    assert r["usage"] == {"prompt_tokens": 11, "completion_tokens": 2, "total_tokens": 13}
+    assert r["usage"] == {"prompt_tokens": 11, "completion_tokens": 6, "total_tokens": 17}
+    assert [c["text"] for c in r["choices"]] == [" Paris" * 3] * 2
     prompt, params, _ = app_client.engine.requests[-1]
     assert prompt["cache_salt"].startswith("truthsteer-")
     (op,) = params.extra_args["truthsteer"]["steering"]
@@ -99,7 +124,7 @@ def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
     assert lines[-1] == "data: [DONE]"
     chunks = [json.loads(x[len("data: "):]) for x in lines[:-1]]
     assert chunks[0]["object"] == "chat.completion.chunk" and chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 1
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 2
 
 
 @pytest.mark.parametrize(
@@ -111,7 +136,8 @@ def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
         ({"steering": [{"direction": "truth", "op": "explode"}]}, 400, "steering[0].op"),
         ({"steering": "truth"}, 400, "steering"),
         ({"decoding": {"method": "dola"}}, 400, "decoding"),
-        ({"probes": ["truth"]}, 400, "probes"),
+        ({"probes": ["honesty"]}, 400, "probes[0]"),
+        ({"probes": "some"}, 400, "probes"),
         ({"max_tokens": 1000}, 400, "max_tokens"),
         ({"max_tokens": 0}, 400, "max_tokens"),
         ({"temperature": 3}, 400, "temperature"),
@@ -146,7 +172,7 @@ def test_auth_body_size_and_malformed_json(app_client: Any) -> None:
 
 
 def test_chat_top_logprobs_are_the_top_k_whether_or_not_the_sampled_token_is_among_them() -> None:
-    from server.serving import chat_logprobs
+    from server.formatting import chat_logprobs
 
     lp = lambda logprob, rank: SimpleNamespace(logprob=logprob, rank=rank)  # noqa: E731
     in_top = {65: lp(-0.1, 1), 66: lp(-2.0, 2)}  # sampled 'A' is rank 1
@@ -159,3 +185,94 @@ def test_chat_top_logprobs_are_the_top_k_whether_or_not_the_sampled_token_is_amo
     assert [t["token"] for t in second["top_logprobs"]] == ["A", "B"]
     assert chat_logprobs(FakeTokenizer(), [65], [in_top], top_k=0)["content"][0]["top_logprobs"] == []  # type: ignore[index]
     assert chat_logprobs(FakeTokenizer(), [65], None, top_k=2) is None
+
+
+def sig(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def test_probe_scores_per_generated_token_and_summary(app_client: Any) -> None:
+    body = {"model": "tiny", "prompt": "abcd", "max_tokens": 3, "probes": ["truth"]}
+    r = app_client.post("/v1/completions", json=body).json()
+    (choice,) = r["choices"]
+    s = choice["probe_scores"]["truth"]
+    want = [sig(fake_logit(4, 3 + k)) for k in range(3)]  # token k is sampled at position n_prompt - 1 + k
+    assert s["tokens"] == pytest.approx(want) and len(s["tokens"]) == r["usage"]["completion_tokens"]
+    assert s["mean"] == pytest.approx(sum(want) / 3) and s["min"] == pytest.approx(min(want))
+    assert s["last"] == pytest.approx(want[-1]) and s["flagged"] is (sum(want) / 3 < 0.5)
+    plain = app_client.post("/v1/completions", json={**body, "probes": None}).json()
+    assert "probe_scores" not in plain["choices"][0]
+    assert "probes" not in (app_client.engine.requests[-1][1].extra_args or {}).get("truthsteer", {})
+
+
+def test_probes_with_n_give_every_choice_its_own_request_id_and_seed(app_client: Any) -> None:
+    body = {"model": "tiny", "prompt": ["ab", "abcdef"], "max_tokens": 2, "n": 2, "seed": 7, "probes": "all"}
+    r = app_client.post("/v1/completions", json=body).json()
+    assert [c["index"] for c in r["choices"]] == [0, 1, 2, 3]
+    for c in r["choices"]:
+        n = 2 if c["index"] < 2 else 6
+        assert c["probe_scores"]["truth"]["tokens"] == pytest.approx([sig(fake_logit(n, n - 1 + k)) for k in range(2)])
+    sent = app_client.engine.requests[-4:]
+    assert sorted(p.seed for _, p, _ in sent) == [7, 7, 8, 8] and all(p.n == 1 for _, p, _ in sent)
+    ids = {p.extra_args["truthsteer"]["probes"]["id"] for _, p, _ in sent}
+    assert len(ids) == 4
+
+
+def test_stream_chunks_carry_their_tokens_scores_and_the_last_the_summary(app_client: Any) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True,
+            "probes": ["truth"]}
+    with app_client.stream("POST", "/v1/chat/completions", json=body) as r:
+        chunks = [json.loads(x[len("data: "):]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    n_prompt = len("<user>hi<assistant>")
+    per_chunk = [c["choices"][0]["probe_scores"]["truth"] for c in chunks]
+    assert per_chunk == [pytest.approx([sig(fake_logit(n_prompt, n_prompt - 1 + k))]) for k in range(3)]
+    assert "probe_summary" not in chunks[0]["choices"][0]
+    summary = chunks[-1]["choices"][0]["probe_summary"]["truth"]
+    assert summary["tokens"] == pytest.approx([x[0] for x in per_chunk])
+
+
+def test_probe_score_endpoint_last_and_mean(app_client: Any) -> None:
+    body = {"model": "tiny", "input": ["abc", "abcdefg"], "probes": ["truth"]}
+    r = app_client.post("/v1/probes/score", json=body)
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert [d["index"] for d in data] == [0, 1]
+    assert data[0]["scores"]["truth"] == pytest.approx(sig(fake_logit(3, 2)))
+    assert data[1]["scores"]["truth"] == pytest.approx(sig(fake_logit(7, 6)))
+    m = app_client.post("/v1/probes/score", json={**body, "input": "abcd", "reduce": "mean"}).json()
+    assert m["data"][0]["scores"]["truth"] == pytest.approx(sum(sig(fake_logit(4, p)) for p in range(4)) / 4)
+    prompt, params, _ = app_client.engine.requests[-1]
+    assert prompt["cache_salt"] and params.max_tokens == 1  # mean: every position computed, not cached
+    for bad, param in (({"probes": ["nope"]}, "probes[0]"), ({"input": []}, "input"), ({"input": [""]}, "input[0]"),
+                       ({"input": ["x"] * 65}, "input"), ({"reduce": "max"}, "reduce")):
+        e = app_client.post("/v1/probes/score", json={**body, **bad})
+        assert e.status_code == 400 and e.json()["error"]["param"] == param, (bad, e.text)
+
+
+def test_concurrent_probe_requests_never_mix(app_client: Any) -> None:
+    import concurrent.futures
+
+    def one(n: int) -> tuple[int, list[float]]:
+        r = app_client.post("/v1/completions", json={"model": "tiny", "prompt": "x" * n, "max_tokens": 3,
+                                                     "probes": ["truth"]})
+        return n, r.json()["choices"][0]["probe_scores"]["truth"]["tokens"]
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(1, 17)))
+    for n, tokens in results:
+        assert tokens == pytest.approx([sig(fake_logit(n, n - 1 + k)) for k in range(3)])
+
+
+def test_metrics_after_traffic(app_client: Any) -> None:
+    app_client.post("/v1/completions", json={"model": "tiny", "prompt": "abc", "max_tokens": 2, "probes": ["truth"],
+                                             "steering": [{"direction": "truth", "strength": 1.0}]})
+    app_client.post("/v1/completions", json={"model": "tiny", "prompt": "abc", "max_tokens": 2, "n": 99})
+    text = app_client.get("/metrics").text
+    assert 'truthsteer_requests_total{endpoint="completions",status="200"} 1.0' in text
+    assert 'truthsteer_requests_total{endpoint="completions",status="400"} 1.0' in text
+    assert 'truthsteer_steering_ops_total{direction="truth",op="add"} 1.0' in text
+    assert 'truthsteer_probe_score_count{probe="truth"} 1.0' in text
+    assert "truthsteer_completion_tokens_total 2.0" in text and "truthsteer_prompt_tokens_total 3.0" in text
+    assert 'truthsteer_time_to_first_token_seconds_count{endpoint="completions"} 1.0' in text
+    assert "truthsteer_inter_token_latency_seconds_count 1.0" in text
+    assert 'truthsteer_rejected_requests_total{code="invalid_value"} 1.0' in text

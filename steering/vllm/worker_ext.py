@@ -1,0 +1,14 @@
+"""Worker extension (vLLM ``worker_extension_cls``): RPC methods the API process calls at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TruthsteerWorkerExtension:
+    model_runner: Any
+
+    def truthsteer_probe_address(self) -> str | None:
+        """Where this worker publishes probe rows (``None`` on ranks that do not publish)."""
+        runtime = getattr(self.model_runner, "truthsteer", None)
+        return runtime.probe_address if runtime is not None else None
