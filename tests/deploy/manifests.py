@@ -77,10 +77,12 @@ def alert_exprs() -> list[tuple[str, str]]:
     return [(r["alert"], r["expr"]) for g in load_yaml(ALERTS)["groups"] for r in g["rules"]]
 
 
-def to_promql(expr: str) -> str:
-    """A dashboard expression with Grafana's macros replaced, ready for Prometheus' API."""
-    for macro in sorted(GRAFANA_MACROS, key=len, reverse=True):
-        expr = expr.replace(macro, GRAFANA_MACROS[macro])
+def to_promql(expr: str, **macros: str) -> str:
+    """A dashboard expression with Grafana's macros replaced, ready for Prometheus' API;
+    ``macros`` overrides values by name without the ``$`` (``__rate_interval="5m"``)."""
+    values = {**GRAFANA_MACROS, **{f"${k}": v for k, v in macros.items()}}
+    for macro in sorted(values, key=len, reverse=True):
+        expr = expr.replace(macro, values[macro])
     if "$" in expr:
         raise ValueError(f"unhandled Grafana variable in {expr!r}")
     return expr
