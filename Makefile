@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model directions serve lint unit integration test bench clean
+.PHONY: install model directions serve lint unit integration test bench clean prometheus-tools deploy-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,20 @@ unit: install
 integration: model
 	$(BIN)/pytest -q tests/integration
 
-test: model lint
+test: model lint prometheus-tools
 	$(BIN)/pytest -q tests
+
+# prometheus + promtool for tests/deploy (Debian package). Best effort: where it cannot be
+# installed (no root, no apt), the promtool/Prometheus tests skip and say why.
+prometheus-tools:
+	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   prometheus >/dev/null) ) || echo "prometheus-tools: not installable here; tests/deploy will skip promtool checks"
+
+deploy-check: install prometheus-tools
+	$(BIN)/pytest -q tests/deploy -m "not engine"
+	$(BIN)/kubernetes-validate --strict deploy.yaml
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker/compose.yaml
 
 bench: model
 	$(BIN)/python -m bench.steering

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 ENDPOINTS = ("chat", "completions", "probes_score")
 OPS = ("add", "ablate", "clamp")
 DECODING_METHODS = ("dola", "contrast")
+ERROR_CODES = ("invalid_value", "invalid_json", "invalid_steering", "unknown_probe", "model_not_found",
+               "context_length_exceeded", "invalid_api_key", "request_too_large", "unsupported")
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 _TOKEN_LATENCY = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _SCORE = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -62,6 +64,8 @@ class Metrics:
                                    registry=r)
         self.prefix_queries = Counter(p + "prefix_cache_query_tokens", "Prompt tokens looked up in the prefix cache",
                                       registry=r)
+        for code in ERROR_CODES:
+            self.rejected.labels(code)
         for e in ENDPOINTS:
             self.latency.labels(e)
             self.ttft.labels(e)

@@ -54,7 +54,9 @@ class Settings(BaseSettings):
 
     # probes
     probe_flag_thresholds: dict[str, float] = Field(
-        default_factory=dict, description="probe -> score below which a response counts as flagged"
+        default_factory=dict,
+        description="probe -> threshold on the mean score of a choice; flagged below it for truth probes, above it "
+        "for other kinds (sycophancy); default: the bundle's probe.threshold",
     )
 
     @classmethod
