@@ -117,5 +117,7 @@ def test_every_panel_query_returns_data_for_a_real_server(server: str, tmp_path:
         # chat_clamp_probes (1 choice) + completion_probes (2 choices) score with both probes.
         assert total("sum by (probe) (truthsteer_probe_score_count)") == {
             json.dumps({"probe": "sycophancy"}): 3.0, json.dumps({"probe": "truth"}): 3.0}
-        assert total("sum by (probe) (truthsteer_probe_flagged_total)") == {
-            json.dumps({"probe": "sycophancy"}): 3.0, json.dumps({"probe": "truth"}): 3.0}
+        # how many of them are flagged depends on the generated text; the series exist and count choices
+        flagged = total("sum by (probe) (truthsteer_probe_flagged_total)")
+        assert set(flagged) == {json.dumps({"probe": "sycophancy"}), json.dumps({"probe": "truth"})}
+        assert all(0.0 <= v <= 3.0 and v.is_integer() for v in flagged.values())
