@@ -100,14 +100,17 @@ def repetition_penalty(
     logits: torch.Tensor, previous_token_ids: Sequence[Sequence[int]], penalty: float
 ) -> torch.Tensor:
     """HF's repetition penalty: for every token already seen by the row, divide a positive score by
-    ``penalty`` and multiply a negative one by it (``-inf`` stays ``-inf``). Returns a new tensor."""
+    ``penalty`` and multiply a negative one by it (``-inf`` stays ``-inf``); ids outside the
+    vocabulary are ignored, as HF does. Returns a new tensor."""
     out = logits.clone()
     if penalty == 1.0:
         return out
+    vocab = logits.shape[-1]
     for r, ids in enumerate(previous_token_ids):
-        if not ids:
+        seen_ids = sorted({int(t) for t in ids if 0 <= t < vocab})
+        if not seen_ids:
             continue
-        idx = torch.tensor(sorted(set(ids)), dtype=torch.long, device=logits.device)
+        idx = torch.tensor(seen_ids, dtype=torch.long, device=logits.device)
         seen = out[r, idx]
         out[r, idx] = torch.where(seen < 0, seen * penalty, seen / penalty)
     return out

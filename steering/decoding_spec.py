@@ -57,6 +57,7 @@ class DecodingSpec(BaseModel):
         default=0.1,
         gt=0,
         le=1,
+        allow_inf_nan=False,
         description="adaptive plausibility constraint: only tokens with p >= alpha * max p (final "
         "layer) can be chosen",
     )
