@@ -9,6 +9,7 @@ from typing import Any
 from server.formatting import chat_logprobs, completion_logprobs, new_id, now, sse
 from server.probing import summarize
 from server.protocol import ChatCompletionRequest, CompletionRequest
+from server.selective import decide_abstain, interventions
 from server.serving import Piece, Plan, Serving
 
 Req = CompletionRequest | ChatCompletionRequest
@@ -27,7 +28,7 @@ async def _pieces(serving: Serving, req: Req) -> tuple[Plan, AsyncIterator[tuple
 
     plan = serving.build(req)
     rid = new_id("chatcmpl" if _is_chat(req) else "cmpl")
-    gens = [serving.generate(job, plan.probes, _endpoint(req)) for job in plan.jobs]
+    gens = [serving.generate(job, plan.scored, _endpoint(req)) for job in plan.jobs]
     return plan, merge_async_iterators(*gens), rid
 
 
@@ -52,8 +53,10 @@ class ChoiceState:
     finish_reason: str | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     scores: dict[str, list[float | None]] = field(default_factory=dict)
+    steered: dict[int, bool] = field(default_factory=dict)
 
     def add(self, p: Piece) -> None:
+        self.steered.update({len(self.token_ids) + k: v for k, v in (p.steered or {}).items()})
         self.text += p.text
         self.token_ids += p.token_ids
         if p.logprobs is not None:
@@ -64,16 +67,53 @@ class ChoiceState:
             self.scores.setdefault(name, []).extend(vals)
 
 
-def probe_summary(serving: Serving, st: ChoiceState) -> dict[str, Any]:
+def probe_summary(serving: Serving, st: ChoiceState, shown: list[str]) -> dict[str, Any]:
     out = {}
-    for name, tokens in st.scores.items():
-        s = summarize(tokens, serving.probes[name])
+    for name in shown:
+        s = summarize(st.scores.get(name, []), serving.probes[name])
         out[name] = s
         if s["mean"] is not None:
             serving.metrics.probe_score.labels(name).observe(s["mean"])
             if s["flagged"]:
                 serving.metrics.probe_flagged.labels(name).inc()
     return out
+
+
+def finish_choice(serving: Serving, req: Req, plan: Plan, st: ChoiceState, choice: dict[str, Any],
+                  text_key: str) -> None:
+    """Probe summary, interventions and abstention of a finished choice (mutates ``choice``)."""
+    if plan.probes:
+        choice["probe_scores"] = probe_summary(serving, st, plan.probes)
+    if plan.ops or req.decoding is not None:
+        iv = interventions(plan.ops, req.decoding, len(st.token_ids), st.steered)
+        choice["interventions"] = iv
+        for d in sorted({op.direction for op in plan.ops}):
+            serving.metrics.intervention_tokens.labels(d, "steered").inc(iv["steered_tokens"])
+    ab = plan.abstain
+    if ab is not None:
+        decision = decide_abstain(st.scores.get(ab.probe, []), ab.below, ab.reduce)
+        info: dict[str, Any] = {"probe": ab.probe, "reduce": ab.reduce, "score": decision.score,
+                                "below": ab.below, "abstained": decision.abstained}
+        if decision.abstained:
+            serving.metrics.abstentions.labels(ab.probe).inc()
+            if ab.return_original:
+                info["original"] = _text_of(choice, text_key)
+            _set_text(choice, text_key, ab.message)
+            choice["finish_reason"] = "abstained"
+        choice["abstain"] = info
+
+
+def _text_of(choice: dict[str, Any], key: str) -> str:
+    holder = choice.get(key)
+    return str(holder.get("content", "")) if isinstance(holder, dict) else str(holder or "")
+
+
+def _set_text(choice: dict[str, Any], key: str, text: str) -> None:
+    holder = choice.get(key)
+    if isinstance(holder, dict):
+        holder["content"] = text
+    else:
+        choice[key] = text
 
 
 def _account(serving: Serving, plan: Plan, states: dict[int, ChoiceState]) -> int:
@@ -101,8 +141,7 @@ async def collect(serving: Serving, req: Req) -> dict[str, Any]:
             choice["text"] = (tok.decode(st.prompt_token_ids) + st.text) if req.echo else st.text
         choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
         choice["finish_reason"] = st.finish_reason
-        if plan.probes:
-            choice["probe_scores"] = probe_summary(serving, st)
+        finish_choice(serving, req, plan, st, choice, "message" if _is_chat(req) else "text")
         choices.append(choice)
     completion = _account(serving, plan, states)
     return {
@@ -113,6 +152,27 @@ async def collect(serving: Serving, req: Req) -> dict[str, Any]:
         "choices": choices,
         "usage": _usage(plan.n_prompt_tokens, completion),
     }
+
+
+def _whole_chunk(serving: Serving, req: Req, plan: Plan, st: ChoiceState, index: int, rid: str, obj: str,
+                 created: int, include_usage: bool) -> dict[str, Any]:
+    """One chunk carrying a whole choice (streams with abstention decide at the end)."""
+    tok = serving.tokenizer
+    choice: dict[str, Any] = {"index": index}
+    key = "delta" if _is_chat(req) else "text"
+    choice[key] = {"role": "assistant", "content": st.text} if _is_chat(req) else st.text
+    choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
+    choice["finish_reason"] = st.finish_reason
+    finish_choice(serving, req, plan, st, choice, key)
+    if "probe_scores" in choice:
+        summary = choice.pop("probe_scores")
+        choice["probe_scores"] = {k: v["tokens"] for k, v in summary.items()}
+        choice["probe_summary"] = summary
+    chunk: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": serving.model_name,
+                             "choices": [choice]}
+    if include_usage:
+        chunk["usage"] = None
+    return chunk
 
 
 async def stream(serving: Serving, req: Req) -> AsyncIterator[str]:
@@ -135,6 +195,10 @@ async def _sse(serving: Serving, req: Req, plan: Plan, pieces: AsyncIterator[tup
             first = p.index not in states
             st = states.setdefault(p.index, ChoiceState())
             st.add(p)
+            if plan.abstain is not None:  # decided at the end: each choice is sent whole
+                if p.finish_reason is not None:
+                    yield sse(_whole_chunk(serving, req, plan, st, p.index, rid, obj, created, include_usage))
+                continue
             choice: dict[str, Any] = {"index": p.index}
             if chat:
                 delta: dict[str, Any] = {"content": p.text}
@@ -150,9 +214,14 @@ async def _sse(serving: Serving, req: Req, plan: Plan, pieces: AsyncIterator[tup
             choice["finish_reason"] = p.finish_reason
             if plan.probes:
                 # this chunk's tokens; the final chunk of a choice also carries its summary
-                choice["probe_scores"] = p.probe_tokens or {}
-                if p.finish_reason is not None:
-                    choice["probe_summary"] = probe_summary(serving, st)
+                choice["probe_scores"] = {k: v for k, v in (p.probe_tokens or {}).items() if k in plan.probes}
+            if p.finish_reason is not None:
+                done: dict[str, Any] = {}
+                finish_choice(serving, req, plan, st, done, "text")
+                if "probe_scores" in done:
+                    choice["probe_summary"] = done["probe_scores"]
+                if "interventions" in done:
+                    choice["interventions"] = done["interventions"]
             chunk: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": serving.model_name,
                                      "choices": [choice]}
             if include_usage:

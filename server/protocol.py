@@ -49,6 +49,27 @@ _PROBES_DOC = (
 )
 
 
+class Abstain(_Req):
+    """Selective answering: replace a choice whose probe summary is below a threshold."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"probe": "truth", "below": 0.3, "message": "I am not confident about this."}]},
+    )
+    probe: str = Field(description="a loaded probe (GET /v1/directions)")
+    below: float = Field(description="abstain when the reduced score of the generated tokens is below this")
+    reduce: Literal["mean", "min", "last"] = "mean"
+    message: str = Field(default="I am not confident enough to answer this.", max_length=2000)
+    return_original: bool = Field(default=False, description="keep the generated text in abstain.original")
+
+    @field_validator("below")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
 class _Common(_Req):
     model: str
     max_tokens: int | None = Field(default=None, ge=1)
@@ -64,6 +85,11 @@ class _Common(_Req):
     user: str | None = None
     steering: list[SteeringOp] | None = Field(default=None, description=_STEERING_DOC)
     probes: list[str] | Literal["all"] | None = Field(default=None, description=_PROBES_DOC)
+    abstain: Abstain | None = Field(
+        default=None,
+        description='truthsteer: selective answering; abstained choices get finish_reason "abstained" (streams '
+        "then send each choice whole, in its final chunk)",
+    )
     decoding: dict[str, Any] | None = Field(
         default=None, description="truthsteer: contrastive decoding (not available yet; rejected)"
     )

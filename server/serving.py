@@ -19,7 +19,7 @@ from server.errors import APIError, bad_request
 from server.formatting import now
 from server.metrics import Metrics
 from server.probing import ProbeInfo, available_probes, select_probes
-from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
@@ -60,15 +60,17 @@ class Piece:
     finish_reason: str | None
     prompt_token_ids: list[int]
     probe_tokens: dict[str, list[float | None]] | None = None
+    steered: dict[int, bool] | None = None  # gated requests: token index -> steered
 
 
 @dataclass
 class Plan:
     jobs: list[Job]
     ops: list[ResolvedOp]
-    probes: list[str]
+    probes: list[str]  # shown in the response
     n_prompt_tokens: int = 0
-    extras: dict[str, Any] = field(default_factory=dict)
+    scored: list[str] = field(default_factory=list)  # read from the worker (probes + abstain probe)
+    abstain: Abstain | None = None
 
 
 def default_model_name(model: str | None, prepared: PreparedEngine) -> str:
@@ -228,12 +230,26 @@ class Serving:
 
     def build(self, req: Req) -> Plan:
         ops, probes = self._validate_common(req)
+        scored = list(probes)
+        if req.abstain is not None:
+            if req.abstain.probe not in self.probes:
+                raise bad_request(f"unknown probe '{req.abstain.probe}'; available probes: "
+                                  f"{', '.join(sorted(self.probes)) or '(none)'}", "abstain.probe", "unknown_probe")
+            if self.receiver is None:
+                raise APIError(503, "abstention needs probe scores, which are unavailable",
+                               type="service_unavailable", param="abstain", code="probes_unavailable")
+            if req.abstain.probe not in scored:
+                scored.append(req.abstain.probe)
+        gated = any(op.gate is not None for op in ops)
+        if gated and self.receiver is None:
+            raise APIError(503, "probe-gated steering needs the probe channel, which is not connected",
+                           type="service_unavailable", param="steering", code="probes_unavailable")
         prompts = self._prompts(req, cache_salt(ops))
         max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
         base_id = uuid.uuid4().hex
         jobs: list[Job] = []
         for i, p in enumerate(prompts):
-            if not probes:
+            if not (scored or gated):
                 params = self.sampling(req, max_tokens, ops, req.n, req.seed, None)
                 jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n))
                 continue
@@ -244,7 +260,8 @@ class Serving:
                 seed = None if req.seed is None else req.seed + j
                 jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid), pid, i * req.n + j, pid))
         self._count_request(ops, probes)
-        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts))
+        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain)
+
 
     def _count_request(self, ops: list[ResolvedOp], probes: list[str]) -> None:
         m = self.metrics
@@ -257,6 +274,7 @@ class Serving:
 
     # ------------------------------------------------------------------ generation
     async def generate(self, job: Job, probes: list[str], endpoint: str) -> AsyncIterator[Piece]:
+        # ``probes``: the probes to attach per token (the plan's ``scored``)
         """Run one engine request; yield its deltas, with probe scores attached when asked for."""
         sink: ProbeSink | None = None
         if job.probe_id and self.receiver is not None:
@@ -276,15 +294,16 @@ class Serving:
                             self.metrics.ttft.labels(endpoint).observe(t - start)
                         elif k0:
                             self.metrics.itl.observe((t - last) / len(ids))
-                    scores = None
+                    scores = steered = None
                     if sink is not None and self.receiver is not None:
                         # token k was sampled from the activation at position n_prompt - 1 + k
                         positions = range(n_prompt - 1 + k0, n_prompt - 1 + k0 + len(ids))
                         if not await self.receiver.wait(sink, positions, PROBE_WAIT_S):
                             log.warning("truthsteer: probe scores of %s missing at %s", job.request_id, positions)
                         scores = sink.scores(probes, positions)
+                        steered = {p - (n_prompt - 1): sink.steered[p] for p in positions if p in sink.steered}
                     yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
-                                list(out.prompt_token_ids or []), scores)
+                                list(out.prompt_token_ids or []), scores, steered)
                 last = t
         finally:
             await self.engine.abort(job.request_id)

@@ -42,6 +42,58 @@ class LayerRange(BaseModel):
         return self
 
 
+class Gate(BaseModel):
+    """Probe gate of an operation: apply it only while the request's own probe flags risk.
+
+    After every forward pass the probe's score at the position that sampled the newest token
+    (averaged over the last ``window`` such scores) decides whether the operation applies to the
+    request's *next* step: it opens when the average is below ``below`` (or above ``above``), and
+    once open stays open for at least ``hold`` further steps.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}]}
+    )
+    probe: str = Field(description="name of a loaded bundle with a probe")
+    below: float | None = Field(default=None, description="open while the score is below this")
+    above: float | None = Field(default=None, description="open while the score is above this")
+    window: int = Field(default=1, ge=1, le=64, description="average of the last `window` scores")
+    hold: int = Field(default=0, ge=0, le=4096, description="once open, stay open at least this many more steps")
+    initial: Literal["closed", "open"] = Field(
+        default="closed", description="state for the prompt and the first token, before any score exists"
+    )
+
+    @field_validator("below", "above")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _one_side(self) -> Gate:
+        if (self.below is None) == (self.above is None):
+            raise ValueError("give exactly one of below / above")
+        return self
+
+
+@dataclass(frozen=True)
+class ResolvedGate:
+    probe: str
+    below: float | None
+    above: float | None
+    window: int = 1
+    hold: int = 0
+    initial: str = "closed"
+
+    def fires(self, score: float) -> bool:
+        return score < self.below if self.below is not None else score > self.above  # type: ignore[operator]
+
+    @classmethod
+    def of(cls, g: Gate) -> ResolvedGate:
+        return cls(g.probe, g.below, g.above, g.window, g.hold, g.initial)
+
+
 class SteeringOp(BaseModel):
     """One steering operation of a request."""
 
@@ -67,6 +119,7 @@ class SteeringOp(BaseModel):
         description="clamp only: projection on the unit direction to clamp to "
         "(default: the bundle's positive-class mean at each layer)",
     )
+    gate: Gate | None = Field(default=None, description="apply only while this probe flags risk (see Gate)")
 
     @field_validator("strength", "target")
     @classmethod
@@ -86,11 +139,14 @@ class ResolvedOp:
     layers: tuple[int, ...]
     positions: str
     targets: tuple[float, ...] = ()  # clamp only, parallel to ``layers``
+    gate: ResolvedGate | None = None
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
         d["layers"] = list(self.layers)
         d["targets"] = list(self.targets)
+        if self.gate is None:
+            del d["gate"]  # ungated ops keep their pre-gate wire form (and cache salt)
         return d
 
     @classmethod
@@ -102,7 +158,20 @@ class ResolvedOp:
             layers=tuple(int(x) for x in d["layers"]),
             positions=str(d["positions"]),
             targets=tuple(float(x) for x in d.get("targets", ())),
+            gate=_gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
         )
+
+
+def _gate_from_wire(g: Mapping[str, Any]) -> ResolvedGate:
+    below = None if g.get("below") is None else float(g["below"])
+    above = None if g.get("above") is None else float(g["above"])
+    if (below is None) == (above is None):
+        raise ValueError("gate needs exactly one of below / above")
+    initial = str(g.get("initial", "closed"))
+    if initial not in ("closed", "open"):
+        raise ValueError(f"gate initial {initial!r}")
+    return ResolvedGate(str(g["probe"]), below, above, max(1, int(g.get("window", 1))), max(0, int(g.get("hold", 0))),
+                        initial)
 
 
 @dataclass(frozen=True)
@@ -182,7 +251,14 @@ def resolve(
                 raise SpecError(
                     f"at most {limits.max_ops_per_layer} operations may act on one layer (layer {x})", p
                 )
-        out.append(ResolvedOp(op.direction, op.op, float(strength), layers, op.positions, targets))
+        gate = None
+        if op.gate is not None:
+            pb = bundles.get(op.gate.probe)
+            if pb is None or pb.meta.probe is None:
+                have = sorted(n for n, b in bundles.items() if b.meta.probe is not None)
+                raise SpecError(f"unknown probe '{op.gate.probe}'; probes: {have or 'none'}", f"{p}.gate.probe")
+            gate = ResolvedGate.of(op.gate)
+        out.append(ResolvedOp(op.direction, op.op, float(strength), layers, op.positions, targets, gate))
     return out
 
 

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 class StepMessage(msgspec.Struct, array_like=True):
     names: list[str]  # probe order of the logits columns
-    rows: list[tuple[str, list[int], list[list[float]]]]  # (probe id, positions, logits[pos][probe])
+    # (probe id, positions, logits[pos][probe], steered[pos]: 1/0 for gated requests' sampling rows, -1 n/a)
+    rows: list[tuple[str, list[int], list[list[float]], list[int]]]
 
 
 _ENC = msgspec.msgpack.Encoder()
@@ -76,12 +77,16 @@ class ProbeSink:
 
     names: list[str] = field(default_factory=list)
     by_pos: dict[int, list[float]] = field(default_factory=dict)  # position -> scores in ``names`` order
+    steered: dict[int, bool] = field(default_factory=dict)  # position -> steered (gated requests)
     event: asyncio.Event | None = None
 
-    def add(self, names: list[str], positions: list[int], logits: list[list[float]]) -> None:
+    def add(self, names: list[str], positions: list[int], logits: list[list[float]], flags: list[int]) -> None:
         self.names = names
         for p, row in zip(positions, logits, strict=True):
             self.by_pos[p] = [_sigmoid(z) for z in row]
+        for p, f in zip(positions, flags, strict=False):
+            if f >= 0:
+                self.steered[p] = bool(f)
         if self.event is not None:
             self.event.set()
 
@@ -128,12 +133,12 @@ class ProbeReceiver:
         except msgspec.DecodeError:
             log.error("truthsteer: undecodable probe message (%d bytes)", len(data))
             return
-        for pid, positions, logits in msg.rows:
+        for pid, positions, logits, flags in msg.rows:
             sink = self._sinks.get(pid)
             if sink is None:
                 self.unclaimed += 1
                 continue
-            sink.add(msg.names, positions, logits)
+            sink.add(msg.names, positions, logits, flags)
 
     def register(self, probe_id: str) -> ProbeSink:
         sink = ProbeSink(event=asyncio.Event())

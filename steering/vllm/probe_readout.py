@@ -17,7 +17,7 @@ is folded into ``w`` and the bias, so the op is one ``addmm`` per probe layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,15 @@ from steering.vllm.custom_op import probe_hook
 from steering.vllm.probe_channel import StepMessage
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    req_id: str
+    probe_id: str | None  # None: read for a gate only, nothing sent
+    positions: list[int]  # absolute sequence positions of ``rows``
+    rows: np.ndarray  # token rows of this step
+    steered: bool | None  # gated requests: was the sampling row steered
 
 
 @dataclass(frozen=True)
@@ -81,11 +90,14 @@ class ProbeReadout:
                 self.names.append(b.name)
                 self.columns.append((layer, j))
         self._requests: dict[str, ProbeRequest | None] = {}
-        self._pending: list[tuple[str, list[int], np.ndarray]] = []  # (probe id, positions, token rows)
+        self._pending: list[_Pending] = []
         self._was_active = False
 
     def __bool__(self) -> bool:
         return bool(self.names)
+
+    def column(self, name: str) -> int | None:
+        return self.names.index(name) if name in self.names else None
 
     def _request(self, req_id: str, state: Any) -> ProbeRequest | None:
         if req_id not in self._requests:
@@ -94,12 +106,17 @@ class ProbeReadout:
         return self._requests[req_id]
 
     def prepare(self, req_ids: list[str], states: Any, qsl: np.ndarray, num_prompt: np.ndarray,
-                num_computed: np.ndarray) -> None:
-        """Decide which token rows of this step to read, and switch the op on or off."""
+                num_computed: np.ndarray, gated: Mapping[str, bool] | None = None) -> None:
+        """Decide which token rows of this step to read, and switch the op on or off.
+
+        ``gated``: requests with probe-gated steering (their sampling row is read even when they
+        did not ask for scores) and whether that row was steered this step.
+        """
+        gated = gated or {}
         pending = []
         for i, rid in enumerate(req_ids):
             pr = self._request(rid, states.get(rid))
-            if pr is None:
+            if pr is None and rid not in gated:
                 continue
             s, e = int(qsl[i]), int(qsl[i + 1])
             if e <= s:
@@ -108,13 +125,15 @@ class ProbeReadout:
             n_prompt = int(num_prompt[i])
             done = first + (e - s)  # tokens computed after this step
             rows: list[int] = []
-            if pr.prompt:
+            if pr is not None and pr.prompt:
                 rows.extend(range(s, s + max(0, min(e - s, n_prompt - first))))
-            if done >= n_prompt and (not rows or rows[-1] != e - 1):
+            samples = done >= n_prompt
+            if samples and (not rows or rows[-1] != e - 1):
                 rows.append(e - 1)  # the position that samples the next token
             if rows:
                 idx = np.asarray(rows, dtype=np.int64)
-                pending.append((pr.probe_id, (idx - s + first).tolist(), idx))
+                steered = gated.get(rid) if samples else None
+                pending.append(_Pending(rid, pr.probe_id if pr else None, (idx - s + first).tolist(), idx, steered))
         if len(self._requests) > len(req_ids):
             live = set(req_ids)
             for rid in [r for r in self._requests if r not in live]:
@@ -126,20 +145,31 @@ class ProbeReadout:
                 a.fill_(int(active))
             self._was_active = active
 
-    def collect(self) -> StepMessage | None:
-        """After the forward pass: the logits of the rows chosen in :meth:`prepare`."""
+    def collect(self) -> tuple[StepMessage | None, dict[str, np.ndarray]]:
+        """After the forward pass: the rows chosen in :meth:`prepare`.
+
+        Returns the message for the API process (requests with a probe id) and, per gated
+        request, the calibrated scores ``[P]`` of its sampling row.
+        """
         if not self._pending:
-            return None
-        all_rows = np.concatenate([p[2] for p in self._pending])
-        index = torch.from_numpy(all_rows)
+            return None, {}
+        index = torch.from_numpy(np.concatenate([p.rows for p in self._pending]))
         per_layer = {
             layer: out.index_select(0, index.to(out.device)).cpu().numpy() for layer, out in self.outs.items()
         }
-        table = np.stack([per_layer[layer][:, j] for layer, j in self.columns], axis=1)  # [rows, P]
+        table = np.stack([per_layer[layer][:, j] for layer, j in self.columns], axis=1)  # [rows, P] logits
         msg_rows = []
+        sampled: dict[str, np.ndarray] = {}
         start = 0
-        for pid, positions, rows in self._pending:
-            msg_rows.append((pid, positions, table[start : start + len(rows)].tolist()))
-            start += len(rows)
+        for p in self._pending:
+            block = table[start : start + len(p.rows)]
+            start += len(p.rows)
+            if p.steered is not None:
+                sampled[p.req_id] = 1.0 / (1.0 + np.exp(-block[-1].astype(np.float64)))
+            if p.probe_id is not None:
+                flags = [-1] * len(p.positions)
+                if p.steered is not None:
+                    flags[-1] = int(p.steered)
+                msg_rows.append((p.probe_id, p.positions, block.tolist(), flags))
         self._pending = []
-        return StepMessage(names=list(self.names), rows=msg_rows)
+        return (StepMessage(names=list(self.names), rows=msg_rows) if msg_rows else None), sampled

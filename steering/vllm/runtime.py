@@ -28,9 +28,10 @@ from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import SpecError
 from steering.model_info import ModelInfo
 from steering.ops import coefficients
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp
+from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import steer_hook
+from steering.vllm.gates import GateState
 from steering.vllm.probe_channel import ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
 
@@ -47,6 +48,7 @@ class SlotEntry:
     b: float
     strength: float
     positions: int
+    gate: int = -1  # index into the request's gates, -1: ungated
     coef: np.ndarray = field(init=False, repr=False, compare=False)  # [3, 1] (a, b, strength)
 
     def __post_init__(self) -> None:
@@ -133,6 +135,7 @@ class SteeringRuntime:
         self._prev_layers: set[int] = set()
         self._prev_tokens = 0
         self._plans: dict[str, Plan | None] = {}
+        self._gates: dict[str, list[GateState]] = {}
         self.rejected = 0
         # probes read after steering: their hooks are registered after the steering hooks
         self.readout = ProbeReadout(layers, bundles_list, max_tokens, device)
@@ -175,7 +178,14 @@ class SteeringRuntime:
     def plan_for(self, ops: list[ResolvedOp]) -> Plan:
         """Turn resolved ops into per-layer slot entries; raises SpecError if they do not fit."""
         plan: Plan = {}
+        gates: list[ResolvedGate] = []
         for op in ops:
+            gate = -1
+            if op.gate is not None:
+                if self.readout.column(op.gate.probe) is None:
+                    raise SpecError(f"probe {op.gate.probe!r} is not loaded on this worker")
+                gate = len(gates)
+                gates.append(op.gate)
             pos = _POS_CODES.get(op.positions)
             if pos is None:
                 raise SpecError(f"unknown positions {op.positions!r}")
@@ -194,7 +204,7 @@ class SteeringRuntime:
                 entries = plan.setdefault(layer, [])
                 if len(entries) >= self.k:
                     raise SpecError(f"more than {self.k} operations on layer {layer}")
-                entries.append(SlotEntry(row, a, b, op.strength, pos))
+                entries.append(SlotEntry(row, a, b, op.strength, pos, gate))
         return plan
 
     def _plan(self, req_id: str, state: Any) -> Plan | None:
@@ -206,7 +216,11 @@ class SteeringRuntime:
         raw = extra.get("steering") if isinstance(extra, dict) else None
         if raw:
             try:
-                plan = self.plan_for([ResolvedOp.from_wire(d) for d in raw]) or None
+                ops = [ResolvedOp.from_wire(d) for d in raw]
+                plan = self.plan_for(ops) or None
+                gated = [op.gate for op in ops if op.gate is not None]
+                if plan and gated:
+                    self._gates[req_id] = [GateState(g) for g in gated]
             except (SpecError, KeyError, TypeError, ValueError) as e:
                 # Validated at the point of entry; a raw-vLLM caller may still send junk. Never
                 # let it take the engine down: run the request unsteered and count it.
@@ -221,6 +235,7 @@ class SteeringRuntime:
         n = int(ib.num_reqs)
         req_ids: list[str] = ib.req_ids[:n]
         touched: dict[int, int] = {}
+        gated: dict[str, bool] = {}  # gated request -> was its sampling row steered this step
         total = 0
         if n:
             qsl = runner.query_start_loc.np
@@ -235,31 +250,45 @@ class SteeringRuntime:
                 # positions s..e-1 hold sequence positions ncomp..; those < num_prompt are prompt
                 n_prompt = int(ib.num_prompt_tokens[i]) - int(ib.num_computed_tokens_cpu[i])
                 split = s + min(max(n_prompt, 0), e - s)
+                gates = self._gates.get(rid)
+                steered_last = False
                 for layer, entries in plan.items():
                     touched.setdefault(layer, 0)
                     for k, ent in enumerate(entries):
+                        if ent.gate >= 0 and gates is not None and not gates[ent.gate].open:
+                            continue
                         lo, hi = (s, e) if ent.positions == _POS_ALL else (
                             (s, split) if ent.positions == _POS_PROMPT else (split, e)
                         )
                         if hi <= lo:
                             continue
+                        steered_last = steered_last or hi == e
                         self.idx_np[layer, k, lo:hi] = ent.row
                         self.coef_np[layer, k, :, lo:hi] = ent.coef
                         touched[layer] = max(touched[layer], k + 1)
+                if gates is not None:
+                    gated[rid] = steered_last
         if len(self._plans) > n:  # forget requests that left the batch
             live = set(req_ids)
             for rid in [r for r in self._plans if r not in live]:
                 del self._plans[rid]
+                self._gates.pop(rid, None)
         self._flush(touched, total)
         if self.readout:
             qsl_np = runner.query_start_loc.np if n else np.zeros(1, dtype=np.int32)
-            self.readout.prepare(req_ids, runner.requests, qsl_np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu)
+            self.readout.prepare(req_ids, runner.requests, qsl_np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu,
+                                 gated)
 
     def finish_step(self) -> None:
-        """After the forward pass: send this step's probe rows to the API process."""
+        """After the forward pass: update gates from the sampled rows' scores, send probe rows."""
         if not self.readout:
             return
-        msg = self.readout.collect()
+        msg, sampled = self.readout.collect()
+        for rid, scores in sampled.items():
+            for g in self._gates.get(rid, ()):
+                col = self.readout.column(g.spec.probe)
+                if col is not None:
+                    g.update(float(scores[col]))
         if msg is not None and self.sender is not None:
             self.sender.send(msg)
 

@@ -272,3 +272,26 @@ def test_metrics_after_traffic(server: str) -> None:
         assert needle in text, needle
     served = [ln for ln in text.splitlines() if ln.startswith('truthsteer_requests_total{endpoint="chat",status="200"}')]
     assert float(served[0].split()[-1]) >= 10
+
+
+def test_probe_gated_steering_and_abstention(client: Any) -> None:
+    msgs = [{"role": "user", "content": "Where is the city of Lyon?"}]
+    kw: dict[str, Any] = {"model": "smollm2", "messages": msgs, "max_tokens": 16, "temperature": 0}
+
+    def text(**extra: Any) -> tuple[str, Any]:
+        r = client.chat.completions.create(**kw, extra_body=extra)
+        r.choices[0].n_tokens = r.usage.completion_tokens
+        return r.choices[0].message.content, r.choices[0]
+
+    base, _ = text()
+    ungated, _ = text(steering=[{"direction": "truth", "strength": 12}])
+    never, ch = text(steering=[{"direction": "truth", "strength": 12, "gate": {"probe": "truth", "below": -1.0}}])
+    assert never == base and ch.model_extra["interventions"]["steered_tokens"] == 0
+    always, ch = text(steering=[{"direction": "truth", "strength": 12,
+                                 "gate": {"probe": "truth", "below": 2.0, "initial": "open"}}])
+    assert always == ungated != base
+    assert ch.model_extra["interventions"]["steered_tokens"] == ch.n_tokens  # open throughout
+    abstained, ch = text(abstain={"probe": "truth", "below": 2.0, "message": "Not sure.", "return_original": True})
+    assert abstained == "Not sure." and ch.finish_reason == "abstained" and ch.model_extra["abstain"]["original"] == base
+    kept, ch = text(abstain={"probe": "truth", "below": -1.0})
+    assert kept == base and ch.finish_reason != "abstained"

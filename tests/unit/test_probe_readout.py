@@ -67,7 +67,7 @@ def expected(x: torch.Tensor, steering: list[ResolvedOp] | None, rows: list[int]
 
 
 def scores(msg: StepMessage) -> dict[str, tuple[list[int], list[list[float]]]]:
-    return {pid: (pos, [[1 / (1 + math.exp(-z)) for z in row] for row in logits]) for pid, pos, logits in msg.rows}
+    return {pid: (pos, [[1 / (1 + math.exp(-z)) for z in row] for row in logits]) for pid, pos, logits, _f in msg.rows}
 
 
 def test_sampling_rows_only_prompt_rows_on_request_and_steered_stream_read() -> None:
@@ -83,8 +83,8 @@ def test_sampling_rows_only_prompt_rows_on_request_and_steered_stream_read() -> 
     xs = [torch.randn(r.n_sched, H, generator=g) for r in reqs]
     rt.prepare_step(fake_runner(reqs))
     model(torch.cat(xs))
-    msg = rt.readout.collect()
-    assert msg is not None and msg.names == ["truth", "syc"]
+    msg, sampled = rt.readout.collect()
+    assert msg is not None and msg.names == ["truth", "syc"] and sampled == {}
     got = scores(msg)
     assert sorted(got) == ["id-a", "id-d", "id-e"]
     assert got["id-a"][0] == [2]  # absolute position of the sampling row
@@ -94,7 +94,7 @@ def test_sampling_rows_only_prompt_rows_on_request_and_steered_stream_read() -> 
         np.testing.assert_allclose(got[f"id-{rid}"][1], expected(x, steering, rows), rtol=1e-5, atol=1e-6)
     # steering moved the truth probe of the steered row (and only there)
     assert not np.allclose(expected(xs[3], ADD, [0]), expected(xs[3], None, [0]))
-    assert rt.readout.collect() is None  # rows are sent once
+    assert rt.readout.collect() == (None, {})  # rows are sent once
 
 
 def test_op_is_off_without_probe_requests_and_results_are_unchanged() -> None:
@@ -117,7 +117,7 @@ def test_junk_probe_args_are_ignored(extra: dict[str, Any]) -> None:
     model, rt = setup()
     rt.prepare_step(fake_runner([Req("j", 2, 0, 2, extra={EXTRA_ARGS_KEY: extra})]))
     model(torch.randn(2, H))
-    assert rt.readout.collect() is None
+    assert rt.readout.collect() == (None, {})
 
 
 def test_compiled_graph_writes_probe_logits() -> None:
@@ -128,7 +128,7 @@ def test_compiled_graph_writes_probe_logits() -> None:
     compiled(x)
     rt.prepare_step(fake_runner([probed("a", 4, 0, 4, ADD, prompt=True)]))
     compiled(x)
-    msg = rt.readout.collect()
+    msg, _ = rt.readout.collect()
     assert msg is not None
     np.testing.assert_allclose(scores(msg)["id-a"][1], expected(x, ADD, [0, 1, 2, 3]), rtol=1e-5, atol=1e-6)
 
@@ -140,7 +140,8 @@ def test_channel_routes_rows_by_probe_id_and_waits_for_late_rows() -> None:
         receiver.start()
         a, b = receiver.register("a"), receiver.register("b")
         await asyncio.sleep(0.05)  # let the PULL side connect
-        sender.send(StepMessage(["truth"], [("a", [4], [[0.0]]), ("b", [7, 8], [[2.0], [-2.0]]), ("gone", [1], [[1.0]])]))
+        sender.send(StepMessage(["truth"], [("a", [4], [[0.0]], [-1]), ("b", [7, 8], [[2.0], [-2.0]], [-1, 1]),
+                                            ("gone", [1], [[1.0]], [-1])]))
         assert await receiver.wait(a, range(4, 5), timeout=5)
         assert await receiver.wait(b, range(7, 9), timeout=5)
         assert a.scores(["truth"], range(4, 5)) == {"truth": [0.5]}
@@ -148,13 +149,103 @@ def test_channel_routes_rows_by_probe_id_and_waits_for_late_rows() -> None:
         assert got["truth"][:2] == pytest.approx([1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))])
         assert got["truth"][2] is None and got["nope"] == [None, None, None]
         assert receiver.unclaimed == 1
+        assert b.steered == {8: True} and a.steered == {}
         assert not await receiver.wait(a, range(5, 6), timeout=0.1)  # never sent: times out, no hang
         late = asyncio.create_task(receiver.wait(a, range(5, 6), timeout=5))
         await asyncio.sleep(0.05)
-        sender.send(StepMessage(["truth"], [("a", [5], [[1.0]])]))
+        sender.send(StepMessage(["truth"], [("a", [5], [[1.0]], [0])]))
         assert await late
         receiver.unregister("a")
         await receiver.close()
         sender.close()
 
     asyncio.run(main())
+
+
+# ----------------------------------------------------------------------------- probe-gated steering
+def gated_op(below: float, initial: str = "closed", hold: int = 0, window: int = 1) -> list[ResolvedOp]:
+    from steering.spec import ResolvedGate
+
+    gate = ResolvedGate("truth", below, None, window, hold, initial)
+    return [ResolvedOp("truth", "add", 3.0, (1, 2), "all", (), gate)]
+
+
+def decode_steps(model: ToyModel, rt: SteeringRuntime, ops: list[ResolvedOp] | None, xs: list[torch.Tensor],
+                 rid: str = "g", others: bool = False) -> list[torch.Tensor]:
+    """Prefill (3 tokens) then decode steps, one request; optionally next to an unsteered request."""
+    outs = []
+    for t, x in enumerate(xs):
+        n_computed = 0 if t == 0 else 2 + t
+        req = Req(rid, 3, n_computed, x.shape[0], ops)
+        reqs = [req, Req("other-" + rid, 9, 9 + t, 1)] if others else [req]
+        batch = torch.cat([x, torch.randn(1, H)]) if others else x
+        rt.prepare_step(fake_runner(reqs))
+        outs.append(model(batch)[: x.shape[0]])
+        rt.finish_step()
+    return outs
+
+
+def steps() -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    return [torch.randn(3, H, generator=g)] + [torch.randn(1, H, generator=g) for _ in range(4)]
+
+
+def test_gate_that_never_fires_equals_no_steering_bitwise() -> None:
+    xs = steps()
+    base = decode_steps(*setup(), None, xs)
+    never = decode_steps(*setup(), gated_op(below=-1.0), xs, others=True)
+    assert all(torch.equal(a, b) for a, b in zip(base, never, strict=True))
+
+
+def test_gate_that_always_fires_equals_ungated_steering_bitwise() -> None:
+    xs = steps()
+    ungated = decode_steps(*setup(), [ResolvedOp("truth", "add", 3.0, (1, 2), "all")], xs)
+    always = decode_steps(*setup(), gated_op(below=2.0, initial="open"), xs, others=True)
+    assert all(torch.equal(a, b) for a, b in zip(ungated, always, strict=True))
+    # closed at first: the prompt pass is unsteered, every later step steered
+    late = decode_steps(*setup(), gated_op(below=2.0), xs)
+    base = decode_steps(*setup(), None, xs)
+    assert torch.equal(late[0], base[0]) and all(torch.equal(a, b) for a, b in zip(late[1:], ungated[1:], strict=True))
+
+
+def test_gates_follow_their_own_requests_scores() -> None:
+    """The gate opens exactly at the steps after a sampled score below the threshold."""
+    xs = steps()
+    model, rt = setup()
+    truth_scores = []
+    for t, x in enumerate(xs):  # record the unsteered truth scores of the sampling rows
+        rt.prepare_step(fake_runner([probed("s", 3, 0 if t == 0 else 2 + t, x.shape[0])]))
+        model(x)
+        msg, _ = rt.readout.collect()
+        assert msg is not None
+        truth_scores.append(scores(msg)["id-s"][1][-1][0])
+    thr = sorted(truth_scores)[2]  # fires on some steps, not on others
+    model, rt = setup()
+    outs = decode_steps(model, rt, gated_op(below=thr), xs)
+    base = decode_steps(*setup(), None, xs)
+    ungated = decode_steps(*setup(), [ResolvedOp("truth", "add", 3.0, (1, 2), "all")], xs)
+    # step t is steered iff the (possibly steered) sampled score at step t-1 fired; step 0 is closed
+    assert torch.equal(outs[0], base[0])
+    for t in range(1, len(xs)):
+        assert torch.equal(outs[t], ungated[t]) or torch.equal(outs[t], base[t])
+    assert any(torch.equal(outs[t], ungated[t]) and not torch.equal(ungated[t], base[t]) for t in range(1, len(xs)))
+
+
+def test_gate_state_window_and_hold() -> None:
+    from steering.spec import ResolvedGate
+    from steering.vllm.gates import GateState
+
+    g = GateState(ResolvedGate("truth", 0.5, None, window=2, hold=1))
+    assert not g.open
+    g.update(0.2)  # avg 0.2 < 0.5
+    assert g.open
+    g.update(0.9)  # avg 0.55: no longer fires, but holds one more step
+    assert g.open
+    g.update(0.9)
+    assert not g.open
+    up = GateState(ResolvedGate("syc", None, 0.7, initial="open"))
+    assert up.open
+    up.update(0.1)
+    assert not up.open
+    up.update(0.8)
+    assert up.open

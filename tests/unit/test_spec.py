@@ -96,3 +96,33 @@ def test_shorthand() -> None:
     )
     with pytest.raises(SpecError, match="cannot parse steering shorthand"):
         parse_shorthand("truth+4")
+
+
+def test_gates_resolve_round_trip_and_change_the_cache_salt() -> None:
+    from steering.spec import ResolvedGate
+
+    (g,) = _resolve([{"direction": "partial", "gate": {"probe": "truth", "below": 0.35, "window": 2}}])
+    assert g.gate == ResolvedGate("truth", 0.35, None, 2, 0, "closed")
+    assert ResolvedOp.from_wire(g.to_wire()) == g
+    (plain,) = _resolve([{"direction": "partial"}])
+    assert "gate" not in plain.to_wire() and cache_salt([plain]) != cache_salt([g])
+    (outside,) = _resolve([{"direction": "truth", "gate": {"probe": "truth", "below": 2.0}}])  # always fires
+    assert outside.gate is not None and outside.gate.fires(0.99)
+
+
+@pytest.mark.parametrize(
+    ("gate", "param"),
+    [
+        ({"probe": "partial", "below": 0.3}, "steering[0].gate.probe"),  # bundle without a probe
+        ({"probe": "nope", "below": 0.3}, "steering[0].gate.probe"),
+        ({"probe": "truth"}, "steering[0].gate"),
+        ({"probe": "truth", "below": 0.3, "above": 0.6}, "steering[0].gate"),
+        ({"probe": "truth", "below": "NaN"}, "steering[0].gate.below"),
+        ({"probe": "truth", "below": 0.3, "window": 0}, "steering[0].gate.window"),
+        ({"probe": "truth", "below": 0.3, "initial": "ajar"}, "steering[0].gate.initial"),
+    ],
+)
+def test_bad_gates_name_the_parameter(gate: dict[str, object], param: str) -> None:
+    with pytest.raises(SpecError) as e:
+        _resolve([{"direction": "truth", "gate": gate}])
+    assert e.value.param == param

@@ -1,0 +1,52 @@
+"""Selective answering (abstention on a probe summary) and intervention counts per choice."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from steering.spec import ResolvedOp
+
+
+@dataclass(frozen=True)
+class AbstainDecision:
+    abstained: bool
+    score: float | None
+
+
+def decide_abstain(tokens: list[float | None], below: float, reduce: str) -> AbstainDecision:
+    """Abstain when the reduced probe score of the generated tokens is below ``below``.
+
+    No scored token (e.g. zero tokens generated) means no evidence: the answer stands.
+    """
+    vals = [t for t in tokens if t is not None]
+    if not vals:
+        return AbstainDecision(False, None)
+    score = sum(vals) / len(vals) if reduce == "mean" else min(vals) if reduce == "min" else vals[-1]
+    return AbstainDecision(score < below, score)
+
+
+def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, bool] | None) -> int:
+    """How many of the ``n`` generated tokens were produced by a steered forward pass.
+
+    Token ``k`` is sampled at the position ``n_prompt - 1 + k``: a prompt position for ``k == 0``,
+    a generated one after. Gated requests report per-token flags from the worker (``flags`` by
+    token index); for ungated ones the count follows from the operations' ``positions``.
+    """
+    if not ops or n == 0:
+        return 0
+    if any(op.gate is not None for op in ops):
+        return sum(1 for k in range(n) if (flags or {}).get(k, False))
+    kinds = {op.positions for op in ops}
+    if "all" in kinds or {"prompt", "generated"} <= kinds:
+        return n
+    if "generated" in kinds:
+        return n - 1
+    return 1  # prompt only: the first token is sampled from the last prompt position
+
+
+def interventions(ops: list[ResolvedOp], decoding: Any, n: int, flags: dict[int, bool] | None) -> dict[str, Any]:
+    contrasted: int | None = 0
+    if decoding is not None:
+        contrasted = n if getattr(decoding, "entropy_threshold", None) is None else None
+    return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}
