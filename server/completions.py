@@ -54,8 +54,10 @@ class ChoiceState:
     prompt_token_ids: list[int] = field(default_factory=list)
     scores: dict[str, list[float | None]] = field(default_factory=dict)
     steered: dict[int, bool] = field(default_factory=dict)
+    prompt_logprobs: list[Any] | None = None
 
     def add(self, p: Piece) -> None:
+        self.prompt_logprobs = p.prompt_logprobs or self.prompt_logprobs
         self.steered.update({len(self.token_ids) + k: v for k, v in (p.steered or {}).items()})
         self.text += p.text
         self.token_ids += p.token_ids
@@ -137,9 +139,15 @@ async def collect(serving: Serving, req: Req) -> dict[str, Any]:
         choice: dict[str, Any] = {"index": index}
         if isinstance(req, ChatCompletionRequest):
             choice["message"] = {"role": "assistant", "content": st.text}
+            choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
         else:
-            choice["text"] = (tok.decode(st.prompt_token_ids) + st.text) if req.echo else st.text
-        choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
+            prefix = tok.decode(st.prompt_token_ids) if req.echo else ""
+            choice["text"] = prefix + st.text
+            if req.echo and req.logprobs is not None:  # prompt tokens first (the first has no logprob)
+                lps = list(st.prompt_logprobs or [None] * len(st.prompt_token_ids)) + list(st.logprobs or [])
+                choice["logprobs"] = completion_logprobs(tok, st.prompt_token_ids + st.token_ids, lps)
+            else:
+                choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
         choice["finish_reason"] = st.finish_reason
         finish_choice(serving, req, plan, st, choice, "message" if _is_chat(req) else "text")
         choices.append(choice)

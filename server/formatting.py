@@ -39,17 +39,23 @@ def chat_logprobs(
     return {"content": content}
 
 
-def completion_logprobs(tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any]] | None, offset: int = 0) -> dict[str, Any] | None:
+def completion_logprobs(
+    tokenizer: Any, token_ids: list[int], logprobs: list[dict[int, Any] | None] | None, offset: int = 0
+) -> dict[str, Any] | None:
+    """Legacy completions ``logprobs``; a ``None`` entry (the first prompt token) has no logprob."""
     if logprobs is None:
         return None
-    tokens, tlp, top, offsets = [], [], [], []
+    tokens: list[str] = []
+    tlp: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    offsets: list[int] = []
     pos = offset
     for tid, d in zip(token_ids, logprobs, strict=False):
         tok = tokenizer.decode([tid])
         tokens.append(tok)
-        chosen = d.get(tid)
+        chosen = d.get(tid) if d else None
         tlp.append(chosen.logprob if chosen else None)
-        top.append({tokenizer.decode([t]): lp.logprob for t, lp in d.items()})
+        top.append({tokenizer.decode([t]): lp.logprob for t, lp in d.items()} if d else None)
         offsets.append(pos)
         pos += len(tok)
     return {"tokens": tokens, "token_logprobs": tlp, "top_logprobs": top, "text_offset": offsets}

@@ -61,6 +61,7 @@ class Piece:
     prompt_token_ids: list[int]
     probe_tokens: dict[str, list[float | None]] | None = None
     steered: dict[int, bool] | None = None  # gated requests: token index -> steered
+    prompt_logprobs: list[Any] | None = None  # echo + logprobs (first piece only)
 
 
 @dataclass
@@ -157,10 +158,13 @@ class Serving:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        prompt_logprobs = None
         if isinstance(req, ChatCompletionRequest):
             logprobs = (req.top_logprobs or 0) if req.logprobs else None
         else:
             logprobs = req.logprobs
+            if req.echo and logprobs is not None:  # legacy scoring: logprobs of the prompt tokens too
+                prompt_logprobs = logprobs
         ext: dict[str, Any] = {}
         if ops:
             ext["steering"] = wire(ops)
@@ -170,6 +174,7 @@ class Serving:
             return SamplingParams(
                 n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, logprobs=logprobs,
+                prompt_logprobs=prompt_logprobs,
                 extra_args={EXTRA_ARGS_KEY: ext} if ext else None, output_kind=RequestOutputKind.DELTA,
             )
         except ValueError as e:  # vLLM's own checks on sampling parameters
@@ -303,7 +308,8 @@ class Serving:
                         scores = sink.scores(probes, positions)
                         steered = {p - (n_prompt - 1): sink.steered[p] for p in positions if p in sink.steered}
                     yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
-                                list(out.prompt_token_ids or []), scores, steered)
+                                list(out.prompt_token_ids or []), scores, steered,
+                                getattr(out, "prompt_logprobs", None) if k0 == 0 else None)
                 last = t
         finally:
             await self.engine.abort(job.request_id)

@@ -52,10 +52,15 @@ class FakeEngine:
                 self.sender.send(StepMessage(["truth"], [(probe["id"], rows, [[fake_logit(len(ids), p)] for p in rows],
                                                               [-1] * (len(rows) - 1) + [step % 2 if gated else -1])]))
                 await asyncio.sleep(0)
+            plp = None
+            if params.prompt_logprobs is not None and step == 0:
+                plp = [None] + [{t: SimpleNamespace(logprob=-0.5 * j, rank=1)} for j, t in enumerate(ids[1:], 1)]
             for k in range(params.n):
                 yield SimpleNamespace(
-                    prompt_token_ids=ids,
-                    outputs=[SimpleNamespace(index=k, text=" Paris", token_ids=[7042], logprobs=None,
+                    prompt_token_ids=ids, prompt_logprobs=plp,
+                    outputs=[SimpleNamespace(index=k, text=" Paris", token_ids=[7042],
+                                             logprobs=None if params.logprobs is None else
+                                             [{7042: SimpleNamespace(logprob=-0.25, rank=1)}],
                                              finish_reason="length" if step == steps - 1 else None)],
                 )
 
@@ -333,3 +338,15 @@ def test_interventions_count_steered_tokens(app_client: Any) -> None:
     assert params.extra_args["truthsteer"]["probes"]["id"]  # gated requests get a probe id
     plain = app_client.post("/v1/completions", json=base).json()["choices"][0]
     assert "interventions" not in plain
+
+
+def test_echo_with_logprobs_scores_the_prompt(app_client: Any) -> None:
+    r = app_client.post("/v1/completions", json={"model": "tiny", "prompt": "abc", "max_tokens": 1, "echo": True,
+                                                 "logprobs": 0}).json()
+    (c,) = r["choices"]
+    assert c["text"] == "abc Paris"
+    lp = c["logprobs"]
+    assert lp["tokens"][:3] == ["a", "b", "c"] and lp["token_logprobs"][:3] == [None, -0.5, -1.0]
+    assert lp["top_logprobs"][0] is None and len(lp["tokens"]) == 4 and lp["token_logprobs"][3] == -0.25
+    _prompt, params, _ = app_client.engine.requests[-1]
+    assert params.prompt_logprobs == 0
