@@ -350,3 +350,33 @@ def test_echo_with_logprobs_scores_the_prompt(app_client: Any) -> None:
     assert lp["top_logprobs"][0] is None and len(lp["tokens"]) == 4 and lp["token_logprobs"][3] == -0.25
     _prompt, params, _ = app_client.engine.requests[-1]
     assert params.prompt_logprobs == 0
+
+
+def test_client_disconnect_cancels_the_work_and_its_engine_requests() -> None:
+    from server.app import until_disconnect
+    from server.errors import APIError
+
+    class Gone:
+        def __init__(self) -> None:
+            self.polls = 0
+
+        async def is_disconnected(self) -> bool:
+            self.polls += 1
+            return self.polls >= 2
+
+    aborted: list[str] = []
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            aborted.append("engine request aborted")  # what Serving.generate's finally does
+
+    async def main() -> None:
+        with pytest.raises(APIError) as e:
+            await until_disconnect(Gone(), work(), poll_s=0.01)  # type: ignore[arg-type]
+        assert e.value.status == 499
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert aborted == ["engine request aborted"]
