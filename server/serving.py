@@ -60,7 +60,7 @@ class Piece:
     finish_reason: str | None
     prompt_token_ids: list[int]
     probe_tokens: dict[str, list[float | None]] | None = None
-    steered: dict[int, bool] | None = None  # gated requests: token index -> steered
+    steered: dict[int, bool] | None = None  # gated requests: index in ``token_ids`` -> steered
     prompt_logprobs: list[Any] | None = None  # echo + logprobs (first piece only)
 
 
@@ -306,7 +306,8 @@ class Serving:
                         if not await self.receiver.wait(sink, positions, PROBE_WAIT_S):
                             log.warning("truthsteer: probe scores of %s missing at %s", job.request_id, positions)
                         scores = sink.scores(probes, positions)
-                        steered = {p - (n_prompt - 1): sink.steered[p] for p in positions if p in sink.steered}
+                        # by token index within this piece
+                        steered = {p - positions.start: sink.steered[p] for p in positions if p in sink.steered}
                     yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
                                 list(out.prompt_token_ids or []), scores, steered,
                                 getattr(out, "prompt_logprobs", None) if k0 == 0 else None)

@@ -50,7 +50,7 @@ class FakeEngine:
             if probe:
                 rows = [pos] if not probe["prompt"] or step else list(range(len(ids)))
                 self.sender.send(StepMessage(["truth"], [(probe["id"], rows, [[fake_logit(len(ids), p)] for p in rows],
-                                                              [-1] * (len(rows) - 1) + [step % 2 if gated else -1])]))
+                                                              [-1] * (len(rows) - 1) + [int(step >= 1) if gated else -1])]))
                 await asyncio.sleep(0)
             plp = None
             if params.prompt_logprobs is not None and step == 0:
@@ -331,9 +331,9 @@ def test_interventions_count_steered_tokens(app_client: Any) -> None:
     assert iv([{"direction": "truth"}]) == {"steered_tokens": 3, "contrasted_tokens": 0}
     assert iv([{"direction": "truth", "positions": "generated"}])["steered_tokens"] == 2
     assert iv([{"direction": "truth", "positions": "prompt"}])["steered_tokens"] == 1
-    # gated: the worker's per-token flags (the fake engine steers every other step)
+    # gated: the worker's per-token flags (the fake engine steers every step after the first)
     gated = iv([{"direction": "truth", "gate": {"probe": "truth", "below": 0.5}}])
-    assert gated["steered_tokens"] == 1
+    assert gated["steered_tokens"] == 2
     _prompt, params, _ = app_client.engine.requests[-1]
     assert params.extra_args["truthsteer"]["probes"]["id"]  # gated requests get a probe id
     plain = app_client.post("/v1/completions", json=base).json()["choices"][0]
