@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 from probes import datasets as ds
-from probes.train import build_bundle, mean_difference
+from probes.methods import mean_difference
+from probes.train import build_bundle
 from steering.bundle import DatasetRef
 from tests.unit.helpers import INFO
 
