@@ -179,7 +179,7 @@ def _compare(args: argparse.Namespace) -> int:
         x, y = ctx.acts(data)
         tr, te = ds.split_indices([e.group for e in data.examples], args.test_frac, args.seed)
         itr, ite = torch.tensor(tr), torch.tensor(te)
-        splits.append(Split(spec, x[itr], y[itr], [data.examples[i].group for i in tr], x[ite], y[ite]))
+        splits.append(Split(data.name, x[itr], y[itr], [data.examples[i].group for i in tr], x[ite], y[ite]))
     rep = compare(splits, args.method, args.seed, args.layer)
     notes = (
         f"Model `{ctx.info.name}`; each dataset subsampled to at most {args.max_items} items (seed {args.seed}, "

@@ -104,7 +104,7 @@ def write(report: Report, out: Path, title: str, notes: str = "") -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     names = report.names
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharey=True, squeeze=False, layout="constrained")
     for ax, n in zip(axes[0], names, strict=True):
         for m, curve in report.sweeps[n].items():
             ax.plot([np.nan if v is None else v for v in curve], label=m)
@@ -114,12 +114,11 @@ def write(report: Report, out: Path, title: str, notes: str = "") -> Path:
         ax.set_xlabel("layer")
     axes[0][0].set_ylabel("held-out AUROC")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
     fig.savefig(out / "auroc_by_layer.png", dpi=110)
     plt.close(fig)
 
     def heat(mats: Sequence[tuple[str, np.ndarray, float, float]], fname: str) -> None:
-        fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(mats), figsize=(4.6 * len(mats), 4), squeeze=False, layout="constrained")
         for ax, (t, m, lo, hi) in zip(axes[0], mats, strict=True):
             im = ax.imshow(m, vmin=lo, vmax=hi, cmap="viridis")
             ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
@@ -129,7 +128,6 @@ def write(report: Report, out: Path, title: str, notes: str = "") -> Path:
                     ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white")
             ax.set_title(t, fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046)
-        fig.tight_layout()
         fig.savefig(out / fname, dpi=110)
         plt.close(fig)
 
