@@ -1,8 +1,13 @@
 """``truthsteer probes train | eval | compare``: train, evaluate and compare direction bundles.
 
 Dataset specs (``--dataset``): a built-in name (:mod:`probes.sources`), a user ``.csv``/``.jsonl``
-file (``text,label[,group]``), several joined with ``+``, or ``heldout:PRESET[:PART]`` -- the
-held-out group split of a preset's training data (only the items of ``PART`` with a part name).
+file (``text,label[,group]``), several joined with ``+``, ``heldout:PRESET[:PART]`` -- the held-out
+group split of a preset's training data (only the items of ``PART`` with a part name) -- or
+``preset:PRESET:PART``, the preset's (subsampled) training file ``PART``. A spec may end in ``@N``:
+at most ``N`` items (seeded, whole groups) instead of ``--max-items``.
+
+Activations of the preset specs come from the preset's cached train/test activations when those
+are on disk (``truthsteer probes train --preset`` leaves them there), so they cost nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import torch
 from probes import datasets as ds
 from probes import sources
 from probes.evaluate import evaluate, markdown_table
-from probes.extract import cached_activations, load_hf
+from probes.extract import activation_path, cached_activations, load_hf
 from probes.methods import METHODS
 from probes.presets import PRESETS, Preset
 from probes.report import Split, compare, write
@@ -81,9 +86,22 @@ class _Ctx:
         self.model, self.tok = load_hf(folder)
         self.bs = batch_size
 
+        self.known: dict[str, torch.Tensor] = {}  # text -> activations already loaded in this command
+
     def acts(self, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-        a = cached_activations(self.model, self.tok, data.texts(), self.info.fingerprint, data.digest(), self.bs)
+        texts = data.texts()
+        if texts and all(t in self.known for t in texts):
+            a = torch.stack([self.known[t] for t in texts])
+        else:
+            a = cached_activations(self.model, self.tok, texts, self.info.fingerprint, data.digest(), self.bs)
+            self.known.update(zip(texts, a, strict=True))
         return a, torch.tensor(data.labels())
+
+    def preload(self, data: ds.Dataset) -> None:
+        """Remember ``data``'s activations if they are cached on disk (no extraction)."""
+        path = activation_path(self.info.fingerprint, data.digest())
+        if path.is_file():
+            self.acts(data)
 
 
 def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float) -> tuple[list[ds.Dataset], ds.Dataset, ds.Dataset]:
@@ -97,20 +115,32 @@ def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float) -> tuple[
     return parts, tr, te
 
 
-def load_spec(spec: str, tok: Any, seed: int, max_items: int | None) -> ds.Dataset:
-    if spec.startswith("heldout:"):
-        _, name, *part = spec.split(":")
+def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Dataset:
+    spec, at, n = spec.partition("@")
+    if at:
+        if not n.isdigit():
+            raise ds.DatasetError(f"{spec}@{n}: expected a number of items after @")
+        max_items = int(n)
+    kind, _, rest = spec.partition(":")
+    if kind in ("heldout", "preset") and rest:
+        name, _, part = rest.partition(":")
         if name not in PRESETS:
             raise ds.DatasetError(f"{spec}: unknown preset {name!r} (have {sorted(PRESETS)})")
         preset = PRESETS[name]
+        _, train, test = preset_sets(preset, ctx.tok, seed, 0.2)
+        ctx.preload(train)
+        ctx.preload(test)
+        if part and part not in preset.train:
+            raise ds.DatasetError(f"{spec}: {part!r} is not a training part of {name} ({', '.join(preset.train)})")
+        if kind == "preset" and not part:
+            raise ds.DatasetError(f"{spec}: name the part, preset:{name}:PART")
         if not part:
-            return preset_sets(preset, tok, seed, 0.2)[2]
-        if part[0] not in preset.train:
-            raise ds.DatasetError(f"{spec}: {part[0]!r} is not a training part of {name}")
-        one = ds.subsample(sources.builtin(part[0], tok), preset.max_per_dataset, seed)
-        test = ds.split_dataset(one, 0.2, seed)[1] if not preset.test else one
-        return ds.Dataset(spec, test.examples, test.path, test.license)
-    return ds.subsample(sources.load(spec, tok), max_items or None, seed)
+            return ds.subsample(test, max_items or None, seed)
+        one = ds.subsample(sources.builtin(part, ctx.tok), preset.max_per_dataset, seed)
+        if kind == "heldout" and not preset.test:
+            one = ds.split_dataset(one, 0.2, seed)[1]
+        return ds.subsample(ds.Dataset(spec, one.examples, one.path, one.license), max_items or None, seed)
+    return ds.subsample(sources.load(spec, ctx.tok), max_items or None, seed)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -155,7 +185,7 @@ def _eval(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, ctx.info)
     results = []
     for spec in args.dataset.split(","):
-        data = load_spec(spec, ctx.tok, args.seed, args.max_items)
+        data = load_spec(spec, ctx, args.seed, args.max_items)
         if not data.examples:
             raise ds.DatasetError(f"{spec}: no examples")
         x, y = ctx.acts(data)
@@ -174,7 +204,7 @@ def _compare(args: argparse.Namespace) -> int:
     ctx = _Ctx(args.model, args.batch_size)
     splits = []
     for spec in args.datasets.split(","):
-        data = load_spec(spec, ctx.tok, args.seed, args.max_items)
+        data = load_spec(spec, ctx, args.seed, args.max_items)
         ds.check_trainable(data)
         x, y = ctx.acts(data)
         tr, te = ds.split_indices([e.group for e in data.examples], args.test_frac, args.seed)

@@ -72,10 +72,14 @@ def last_token_activations(
     return out
 
 
+def activation_path(fingerprint: str, digest: str) -> Path:
+    return cache_dir() / "activations" / f"{fingerprint.replace(':', '-')[:40]}-{digest}.safetensors"
+
+
 def cached_activations(
     model: Any, tok: Any, texts: Sequence[str], fingerprint: str, digest: str, batch_size: int = 16
 ) -> torch.Tensor:
-    path = cache_dir() / "activations" / f"{fingerprint.replace(':', '-')[:40]}-{digest}.safetensors"
+    path = activation_path(fingerprint, digest)
     if path.is_file():
         acts: torch.Tensor = load_file(str(path))["acts"]
         return acts

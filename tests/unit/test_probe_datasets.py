@@ -136,3 +136,25 @@ def test_split_indices_match_group_split_and_never_share_a_group() -> None:
     assert [ex[i] for i in itr] == tr and [ex[i] for i in ite] == te
     assert {e.group for e in tr}.isdisjoint({e.group for e in te})
     assert ds.split_indices([e.group for e in ex], 0.3, seed=2) != (itr, ite)
+
+
+def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes.cli import load_spec
+
+    class Ctx:
+        tok = None
+
+        def preload(self, data: ds.Dataset) -> None:
+            pass
+
+    monkeypatch.setenv(ds.DATA_ENV, str(root))
+    # whole groups only: the two-answer question does not fit after the one-answer one
+    two = load_spec("mmlu_true_false@2", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert [e.group for e in two.examples] == ["Question: Sky?"]
+    assert len(load_spec("mmlu_true_false", Ctx(), 0, None).examples) == 3  # type: ignore[arg-type]
+    part = load_spec("preset:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert part.texts() == sources.builtin("cities", root=root).texts()
+    with pytest.raises(ds.DatasetError, match="expected a number of items after @"):
+        load_spec("cities@x", Ctx(), 0, None)  # type: ignore[arg-type]
+    with pytest.raises(ds.DatasetError, match="'mmlu_true_false' is not a training part of truth"):
+        load_spec("heldout:truth:mmlu_true_false", Ctx(), 0, None)  # type: ignore[arg-type]
