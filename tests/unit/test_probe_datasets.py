@@ -27,6 +27,7 @@ def root(tmp_path: Path) -> Path:
     (tri / "city_locations_synthetic.csv").write_text(
         "statement,object_1,correct\nThe city of Leguaqui is located in Mozamina.,Leguaqui,FALSE\n"
     )
+    (tri / "word_types.csv").write_text("statement,object_1,correct\nA foyer is a type of room.,foyer,TRUE\n")
     (tmp_path / "mmlu_true_false").mkdir()
     (tmp_path / "mmlu_true_false" / "mmlu_true_false.csv").write_text(
         'statement,label\n"Question: 2+2?\nAnswer: 4",1\n"Question: 2+2?\nAnswer: 5",0\n"Question: Sky?\nAnswer: blue",1\n'
