@@ -117,11 +117,13 @@ def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float) -> tuple[
 
 def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Dataset:
     spec, at, n = spec.partition("@")
-    if at:
-        if not n.isdigit():
-            raise ds.DatasetError(f"{spec}@{n}: expected a number of items after @")
-        max_items = int(n)
+    if at and not n.isdigit():
+        raise ds.DatasetError(f"{spec}@{n}: expected a number of items after @")
     kind, _, rest = spec.partition(":")
+    if at:
+        max_items = int(n)
+    elif kind == "heldout":
+        max_items = None  # a held-out split is measured whole unless asked otherwise
     if kind in ("heldout", "preset") and rest:
         name, _, part = rest.partition(":")
         if name not in PRESETS:

@@ -57,9 +57,9 @@ class Evaluation:
     n: int
     n_pos: int
     auroc: float | None
-    accuracy: float
+    accuracy: float | None  # these three need both classes
     mean_score: float
-    ece: float
+    ece: float | None
     paired_accuracy: float | None
     direction_auroc: dict[int, float | None]  # per layer: projection on the steering direction
 
@@ -85,15 +85,16 @@ def evaluate(
 ) -> Evaluation:
     y = np.asarray(labels)
     probs = probe_probabilities(bundle, acts)
+    both = len(set(y.tolist())) == 2  # a one-class set ("neither") is only read by its mean score
     dir_auc = {k: auroc((acts[:, k] @ bundle.unit(k)).numpy(), y) for k in sorted(bundle.vectors)}
     return Evaluation(
         dataset=name,
         n=len(y),
         n_pos=int(y.sum()),
         auroc=auroc(probs, y),
-        accuracy=accuracy(probs - 0.5, y),
+        accuracy=accuracy(probs - 0.5, y) if both else None,
         mean_score=float(probs.mean()),
-        ece=expected_calibration_error(probs, y),
+        ece=expected_calibration_error(probs, y) if both else None,
         paired_accuracy=paired_accuracy(probs, y, groups),
         direction_auroc=dir_auc,
     )
