@@ -62,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c = psub.add_parser("compare", help="geometry and transfer report across datasets")
     _common(c)
     c.add_argument("--datasets", required=True, help="comma-separated dataset specs")
-    c.add_argument("--method", choices=METHODS, default="mean-diff")
+    c.add_argument("--method", choices=METHODS, default="logistic", help="direction for transfer and geometry")
     c.add_argument("--layer", type=int, default=None, help="layer for the geometry (default: best mean)")
     c.add_argument("--max-items", type=int, default=400, help="seeded subsample per dataset (0: all)")
     c.add_argument("--test-frac", type=float, default=0.3)
@@ -214,8 +214,11 @@ def _compare(args: argparse.Namespace) -> int:
         splits.append(Split(data.name, x[itr], y[itr], [data.examples[i].group for i in tr], x[ite], y[ite]))
     rep = compare(splits, args.method, args.seed, args.layer)
     notes = (
-        f"Model `{ctx.info.name}`; each dataset subsampled to at most {args.max_items} items (seed {args.seed}, "
-        f"whole groups), split by group with test fraction {args.test_frac}."
+        f"Model `{ctx.info.name}`; "
+        + (f"each dataset subsampled to at most {args.max_items} items unless its spec says `@N`" if args.max_items
+           else "datasets used whole unless a spec says `@N` (at most N items)")
+        + f" (seed {args.seed}, whole groups); {', '.join(f'{s.name}: {len(s.ytr)} train / {len(s.yte)} held out' for s in splits)}; "
+        f"split by group with test fraction {args.test_frac}."
     )
     path = write(rep, args.out, args.title, notes)
     print(path)
