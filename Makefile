@@ -42,12 +42,10 @@ probes-report: model
 	  --dataset heldout:truth:cities,heldout:truth:word_types,heldout:truth,mmlu_true_false@200,truthfulqa@400,cities_synthetic@400
 	nice -n 10 $(BIN)/truthsteer probes eval --bundle directions/sycophancy.safetensors --out $(REPORTS)/sycophancy_eval \
 	  --dataset caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
-	for m in logistic mean-diff; do \
-	  nice -n 10 $(BIN)/truthsteer probes compare --method $$m --out $(REPORTS)/truth_geometry_$$m --title "Truth directions ($$m)" \
-	    --max-items 0 --datasets preset:truth:cities,preset:truth:word_types,mmlu_true_false@200,truthfulqa@400 && \
-	  nice -n 10 $(BIN)/truthsteer probes compare --method $$m --out $(REPORTS)/sycophancy_geometry_$$m --title "Sycophancy directions ($$m)" \
-	    --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80 \
-	  || exit 1; done
+	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/truth_geometry_logistic --title "Truth directions (logistic)" \
+	  --max-items 0 --datasets preset:truth:cities,preset:truth:word_types,mmlu_true_false@200,truthfulqa@400
+	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/sycophancy_geometry_logistic --title "Sycophancy directions (logistic)" \
+	  --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
 
 lint: install
 	$(BIN)/ruff check steering server probes tests bench

@@ -59,6 +59,7 @@ class Evaluation:
     auroc: float | None
     accuracy: float | None  # these three need both classes
     mean_score: float
+    confidence: float  # mean |score - 0.5|: how far from "undecided" the probe is
     ece: float | None
     paired_accuracy: float | None
     direction_auroc: dict[int, float | None]  # per layer: projection on the steering direction
@@ -74,6 +75,7 @@ class Evaluation:
             "probe AUROC": f(self.auroc),
             "accuracy@0.5": f(self.accuracy),
             "mean score": f(self.mean_score),
+            "mean abs(score-0.5)": f(self.confidence),
             "ECE": f(self.ece),
             "paired acc": f(self.paired_accuracy),
             "best direction AUROC": f(best),
@@ -94,6 +96,7 @@ def evaluate(
         auroc=auroc(probs, y),
         accuracy=accuracy(probs - 0.5, y) if both else None,
         mean_score=float(probs.mean()),
+        confidence=float(np.abs(probs - 0.5).mean()),
         ece=expected_calibration_error(probs, y) if both else None,
         paired_accuracy=paired_accuracy(probs, y, groups),
         direction_auroc=dir_auc,

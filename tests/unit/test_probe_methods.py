@@ -119,6 +119,7 @@ def test_bundle_training_is_reproducible_and_round_trips(method: str, tmp_path: 
     assert ev.direction_auroc[2] == pytest.approx(a.meta.metrics["direction_auroc.2"])
     probs = probe_probabilities(loaded, x[200:])
     assert ev.mean_score == pytest.approx(float(probs.mean()))
+    assert ev.confidence == pytest.approx(float(np.abs(probs - 0.5).mean()))
     neither = evaluate(loaded, x[200:], [0] * 100, groups[200:], "neither")  # one class: only the mean
     assert (neither.auroc, neither.accuracy, neither.ece, neither.paired_accuracy) == (None, None, None, None)
     assert neither.mean_score == ev.mean_score
