@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from probes.methods import METHODS, Method, auroc, direction
+from probes.train import recommend_layers
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class Report:
 
 def compare(splits: Sequence[Split], method: Method, seed: int, layer: int | None = None) -> Report:
     sweeps = {s.name: {m: sweep(s, m, seed) for m in METHODS} for s in splits}
-    if layer is None:  # best mean held-out AUROC of the chosen method across datasets
+    if layer is None:  # best mean held-out AUROC of the chosen method, by the bundles' layer rule
         num = splits[0].xtr.shape[1]
         mean = [float(np.mean([sweeps[s.name][method][k] or 0.5 for s in splits])) for k in range(num)]
-        layer = int(np.argmax(mean))
+        layer = recommend_layers(mean)[0]
     dirs = [direction(method, s.xtr[:, layer], s.ytr, s.gtr, seed)[0] for s in splits]
     pooled = torch.cat([s.xte[:, layer] for s in splits]).double()
     cov = torch.cov(pooled.T)
