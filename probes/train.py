@@ -63,7 +63,7 @@ def fit_layers(
             d = torch.from_numpy(w).float()
         else:
             d = direction(method, xk, ytr, groups, seed)[0]
-        v = steering_vector(d, xk, ytr)
+        v = d if method == "mean-diff" else steering_vector(d, xk, ytr)  # mean-diff: already natural
         u = v / v.norm()
         ptr = xk @ u
         pos, neg = ptr[ytr == 1], ptr[ytr == 0]
