@@ -19,7 +19,15 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probes.methods import Method, accuracy, auroc, direction, logistic_probe, steering_vector
+from probes.methods import (
+    Method,
+    accuracy,
+    auroc,
+    direction,
+    logistic_probe,
+    mean_difference,
+    steering_vector,
+)
 from steering.bundle import (
     BundleMetadata,
     Calibration,
@@ -56,14 +64,15 @@ def fit_layers(
     groups = list(groups) if groups is not None else [str(i) for i in range(len(ytr))]
     fits: list[LayerFit] = []
     y_np = yte.numpy()
+    mean_diffs = mean_difference(train, ytr)  # all layers at once, as the shipped bundles were made
     for k in range(train.shape[1]):
         xk = train[:, k]
         w, bias = logistic_probe(xk.numpy(), ytr.numpy(), seed)
-        if method == "logistic":
-            d = torch.from_numpy(w).float()
+        if method == "mean-diff":  # already at its natural scale
+            v = mean_diffs[k]
         else:
-            d = direction(method, xk, ytr, groups, seed)[0]
-        v = d if method == "mean-diff" else steering_vector(d, xk, ytr)  # mean-diff: already natural
+            d = torch.from_numpy(w).float() if method == "logistic" else direction(method, xk, ytr, groups, seed)[0]
+            v = steering_vector(d, xk, ytr)
         u = v / v.norm()
         ptr = xk @ u
         pos, neg = ptr[ytr == 1], ptr[ytr == 0]
