@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model directions serve lint unit integration test bench clean prometheus-tools deploy-check
+.PHONY: install model directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,19 @@ serve: model
 directions: model
 	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
 	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors
+
+# Measure the shipped bundles and write the geometry/transfer reports (docs/probes.md; ~10-30 min
+# on CPU, most of it extracting activations, which are cached for the next run).
+REPORTS := reports/probes
+probes-report: model
+	nice -n 10 $(BIN)/truthsteer probes eval --bundle directions/truth.safetensors --out $(REPORTS)/truth_eval \
+	  --dataset heldout:truth:cities,heldout:truth:word_types,heldout:truth,mmlu_true_false@200,truthfulqa@400,cities_synthetic@400
+	nice -n 10 $(BIN)/truthsteer probes eval --bundle directions/sycophancy.safetensors --out $(REPORTS)/sycophancy_eval \
+	  --dataset caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
+	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/truth_geometry_logistic --title "Truth directions (logistic)" \
+	  --max-items 0 --datasets preset:truth:cities,preset:truth:word_types,mmlu_true_false@200,truthfulqa@400
+	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/sycophancy_geometry_logistic --title "Sycophancy directions (logistic)" \
+	  --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
 
 lint: install
 	$(BIN)/ruff check steering server probes tests bench

@@ -1,72 +1,225 @@
-"""``truthsteer probes ...``: train direction bundles from datasets."""
+"""``truthsteer probes train | eval | compare``: train, evaluate and compare direction bundles.
+
+Dataset specs (``--dataset``): a built-in name (:mod:`probes.sources`), a user ``.csv``/``.jsonl``
+file (``text,label[,group]``), several joined with ``+``, ``heldout:PRESET[:PART]`` -- the held-out
+group split of a preset's training data (only the items of ``PART`` with a part name) -- or
+``preset:PRESET:PART``, the preset's (subsampled) training file ``PART``. A spec may end in ``@N``:
+at most ``N`` items (seeded, whole groups) instead of ``--max-items``.
+
+Activations of the preset specs come from the preset's cached train/test activations when those
+are on disk (``truthsteer probes train --preset`` leaves them there), so they cost nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from probes import datasets as ds
-from probes.extract import cached_activations, load_hf
-from probes.presets import PRESETS
+from probes import sources
+from probes.evaluate import evaluate, markdown_table
+from probes.extract import activation_path, cached_activations, load_hf
+from probes.methods import METHODS
+from probes.presets import PRESETS, Preset
+from probes.report import Split, compare, write
 from probes.train import build_bundle
-from steering.bundle import DatasetRef, save_bundle
-from steering.model_info import describe
+from steering.bundle import DatasetRef, load_bundle, save_bundle
+from steering.model_info import ModelInfo, describe
 from steering.models import resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("probes", help="train and evaluate direction bundles")
+    p = sub.add_parser("probes", help="train, evaluate and compare direction bundles")
     psub = p.add_subparsers(dest="probes_cmd", required=True)
-    t = psub.add_parser("train", help="train a bundle (difference of means + calibrated probe)")
-    t.add_argument("--model", default=None, help="HF folder or packaged alias (default: bundled SmolLM2)")
-    t.add_argument("--preset", choices=sorted(PRESETS), required=True)
-    t.add_argument("--out", type=Path, required=True, help="output .safetensors path")
-    t.add_argument("--seed", type=int, default=0)
+
+    t = psub.add_parser("train", help="train a bundle (steering direction + calibrated probe)")
+    _common(t)
+    src = t.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", choices=sorted(PRESETS), help="a shipped bundle's recipe")
+    src.add_argument("--dataset", help="training data spec (see `truthsteer probes --help`)")
+    t.add_argument("--test-dataset", default=None, help="held-out data (default: a group split)")
+    t.add_argument("--method", choices=METHODS, default=None, help="steering direction (default mean-diff)")
+    t.add_argument("--name", default=None, help="bundle name (default: preset or output file stem)")
+    t.add_argument("--kind", default="custom", help="bundle kind for --dataset (truth, sycophancy, custom)")
+    t.add_argument("--strength", type=float, default=1.0, help="recommended strength")
     t.add_argument("--test-frac", type=float, default=0.2)
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--max-per-dataset", type=int, default=None, help="seeded subsample, whole groups")
+    t.add_argument("--out", type=Path, required=True, help="output .safetensors path")
     t.set_defaults(func=_train)
 
+    e = psub.add_parser("eval", help="score a bundle's probe and directions on datasets")
+    _common(e)
+    e.add_argument("--bundle", type=Path, required=True)
+    e.add_argument("--dataset", required=True, help="comma-separated dataset specs")
+    e.add_argument("--max-items", type=int, default=400, help="seeded subsample per dataset (0: all)")
+    e.add_argument("--out", type=Path, default=None, help="write the table here (.md) and as .json")
+    e.set_defaults(func=_eval)
 
-def _acts(model: object, tok: object, data: ds.Dataset, fp: str, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-    acts = cached_activations(model, tok, [e.text for e in data.examples], fp, data.digest(), bs)
-    return acts, torch.tensor([e.label for e in data.examples])
+    c = psub.add_parser("compare", help="geometry and transfer report across datasets")
+    _common(c)
+    c.add_argument("--datasets", required=True, help="comma-separated dataset specs")
+    c.add_argument("--method", choices=METHODS, default="logistic", help="direction for transfer and geometry")
+    c.add_argument("--layer", type=int, default=None, help="layer for the geometry (default: best mean)")
+    c.add_argument("--max-items", type=int, default=400, help="seeded subsample per dataset (0: all)")
+    c.add_argument("--test-frac", type=float, default=0.3)
+    c.add_argument("--title", default="Direction geometry and transfer")
+    c.add_argument("--out", type=Path, required=True, help="output folder (report.md + PNGs)")
+    c.set_defaults(func=_compare)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF folder or packaged alias (default: bundled SmolLM2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+
+
+class _Ctx:
+    """The model, tokenizer and fingerprint, loaded once per command."""
+
+    def __init__(self, model: str | None, batch_size: int) -> None:
+        folder = resolve_model(model)
+        self.info: ModelInfo = describe(folder)
+        self.model, self.tok = load_hf(folder)
+        self.bs = batch_size
+
+        self.known: dict[str, torch.Tensor] = {}  # text -> activations already loaded in this command
+
+    def acts(self, data: ds.Dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = data.texts()
+        if texts and all(t in self.known for t in texts):
+            a = torch.stack([self.known[t] for t in texts])
+        else:
+            a = cached_activations(self.model, self.tok, texts, self.info.fingerprint, data.digest(), self.bs)
+            self.known.update(zip(texts, a, strict=True))
+        return a, torch.tensor(data.labels())
+
+    def preload(self, data: ds.Dataset) -> None:
+        """Remember ``data``'s activations if they are cached on disk (no extraction)."""
+        path = activation_path(self.info.fingerprint, data.digest())
+        if path.is_file():
+            self.acts(data)
+
+
+def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float) -> tuple[list[ds.Dataset], ds.Dataset, ds.Dataset]:
+    """(subsampled parts, train set, test set) of a preset, exactly as ``train --preset`` uses them."""
+    parts = [ds.subsample(sources.builtin(n, tok), preset.max_per_dataset, seed) for n in preset.train]
+    train_set = ds.concat("+".join(preset.train), parts)
+    if preset.test:
+        test_set = ds.concat("+".join(preset.test), [sources.builtin(n, tok) for n in preset.test])
+        return parts, train_set, test_set
+    tr, te = ds.split_dataset(train_set, test_frac, seed)
+    return parts, tr, te
+
+
+def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Dataset:
+    spec, at, n = spec.partition("@")
+    if at and not n.isdigit():
+        raise ds.DatasetError(f"{spec}@{n}: expected a number of items after @")
+    kind, _, rest = spec.partition(":")
+    if at:
+        max_items = int(n)
+    elif kind == "heldout":
+        max_items = None  # a held-out split is measured whole unless asked otherwise
+    if kind in ("heldout", "preset") and rest:
+        name, _, part = rest.partition(":")
+        if name not in PRESETS:
+            raise ds.DatasetError(f"{spec}: unknown preset {name!r} (have {sorted(PRESETS)})")
+        preset = PRESETS[name]
+        _, train, test = preset_sets(preset, ctx.tok, seed, 0.2)
+        ctx.preload(train)
+        ctx.preload(test)
+        if part and part not in preset.train:
+            raise ds.DatasetError(f"{spec}: {part!r} is not a training part of {name} ({', '.join(preset.train)})")
+        if kind == "preset" and not part:
+            raise ds.DatasetError(f"{spec}: name the part, preset:{name}:PART")
+        if not part:
+            return ds.subsample(test, max_items or None, seed)
+        one = ds.subsample(sources.builtin(part, ctx.tok), preset.max_per_dataset, seed)
+        if kind == "heldout" and not preset.test:
+            one = ds.split_dataset(one, 0.2, seed)[1]
+        return ds.subsample(ds.Dataset(spec, one.examples, one.path, one.license), max_items or None, seed)
+    return ds.subsample(sources.load(spec, ctx.tok), max_items or None, seed)
 
 
 def _train(args: argparse.Namespace) -> int:
-    preset = PRESETS[args.preset]
-    folder = resolve_model(args.model)
-    info = describe(folder)
-    model, tok = load_hf(folder)
-    parts = [ds.subsample(ds.builtin(n, tok), preset.max_per_dataset, args.seed) for n in preset.train]
-    train_set = ds.concat("+".join(preset.train), parts)
-    if preset.test:
-        test_set = ds.concat("+".join(preset.test), [ds.builtin(n, tok) for n in preset.test])
+    ctx = _Ctx(args.model, args.batch_size)
+    if args.preset:
+        preset = PRESETS[args.preset]
+        parts, train_set, test_set = preset_sets(preset, ctx.tok, args.seed, args.test_frac)
+        name, kind, desc, strength = preset.name, preset.kind, preset.description, preset.recommended_strength
     else:
-        tr, te = ds.group_split(train_set.examples, args.test_frac, args.seed)
-        test_set = ds.Dataset(train_set.name + ":test", te, train_set.path, train_set.license)
-        train_set = ds.Dataset(train_set.name + ":train", tr, train_set.path, train_set.license)
-    xtr, ytr = _acts(model, tok, train_set, info.fingerprint, args.batch_size)
-    xte, yte = _acts(model, tok, test_set, info.fingerprint, args.batch_size)
+        parts = [ds.subsample(sources.load(s, ctx.tok), args.max_per_dataset, args.seed) for s in args.dataset.split("+")]
+        full = ds.concat(args.dataset, parts)
+        ds.check_trainable(full)
+        if args.test_dataset:
+            train_set, test_set = full, sources.load(args.test_dataset, ctx.tok)
+        else:
+            train_set, test_set = ds.split_dataset(full, args.test_frac, args.seed)
+        name, kind, desc, strength = args.name or args.out.stem, args.kind, f"trained on {args.dataset}", args.strength
+    ds.check_trainable(train_set)
+    if not test_set.examples:
+        raise ds.DatasetError(f"{test_set.name}: the held-out split is empty (more groups or a larger --test-frac)")
+    xtr, ytr = ctx.acts(train_set)
+    xte, yte = ctx.acts(test_set)
     refs = [DatasetRef(name=d.name, path=d.path, license=d.license, rows=len(d.examples)) for d in parts]
     bundle = build_bundle(
-        name=preset.name,
-        kind=preset.kind,
-        model=info,
-        train=xtr,
-        ytr=ytr,
-        test=xte,
-        yte=yte,
-        datasets=refs,
-        seed=args.seed,
-        recommended_strength=preset.recommended_strength,
-        description=preset.description,
+        name=args.name or name, kind=kind, model=ctx.info, train=xtr, ytr=ytr, test=xte, yte=yte,
+        datasets=refs, seed=args.seed, recommended_strength=strength, description=desc,
+        method=args.method or "mean-diff", groups=[e.group for e in train_set.examples],
     )
     save_bundle(bundle, args.out)
     m = bundle.meta.metrics
+    auc = m.get("heldout_auroc")
     print(
-        f"{args.out}: probe layer {int(m['probe_layer'])}, held-out AUROC {m['heldout_auroc']:.3f}, "
-        f"accuracy {m['heldout_accuracy']:.3f}, recommended layers {bundle.meta.recommended_layers}"
+        f"{args.out}: probe layer {int(m['probe_layer'])}, held-out AUROC "
+        f"{'n/a' if auc is None else f'{auc:.3f}'}, accuracy {m['heldout_accuracy']:.3f}, "
+        f"recommended layers {bundle.meta.recommended_layers}"
     )
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    ctx = _Ctx(args.model, args.batch_size)
+    bundle = load_bundle(args.bundle, ctx.info)
+    results = []
+    for spec in args.dataset.split(","):
+        data = load_spec(spec, ctx, args.seed, args.max_items)
+        if not data.examples:
+            raise ds.DatasetError(f"{spec}: no examples")
+        x, y = ctx.acts(data)
+        results.append(evaluate(bundle, x, y.tolist(), [e.group for e in data.examples], spec))
+    table = markdown_table([r.row() for r in results])
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".md").write_text(f"# {bundle.name}: evaluation\n\n{table}")
+        payload = [{**r.__dict__, "direction_auroc": {str(k): v for k, v in r.direction_auroc.items()}} for r in results]
+        args.out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    ctx = _Ctx(args.model, args.batch_size)
+    splits = []
+    for spec in args.datasets.split(","):
+        data = load_spec(spec, ctx, args.seed, args.max_items)
+        ds.check_trainable(data)
+        x, y = ctx.acts(data)
+        tr, te = ds.split_indices([e.group for e in data.examples], args.test_frac, args.seed)
+        itr, ite = torch.tensor(tr), torch.tensor(te)
+        splits.append(Split(data.name, x[itr], y[itr], [data.examples[i].group for i in tr], x[ite], y[ite]))
+    rep = compare(splits, args.method, args.seed, args.layer)
+    notes = (
+        f"Model `{ctx.info.name}`; "
+        + (f"each dataset subsampled to at most {args.max_items} items unless its spec says `@N`" if args.max_items
+           else "datasets used whole unless a spec says `@N` (at most N items)")
+        + f" (seed {args.seed}, whole groups); {', '.join(f'{s.name}: {len(s.ytr)} train / {len(s.yte)} held out' for s in splits)}; "
+        f"split by group with test fraction {args.test_frac}."
+    )
+    path = write(rep, args.out, args.title, notes)
+    print(path)
     return 0

@@ -1,8 +1,13 @@
-"""Labelled examples for direction training, read from ``../shared/data`` or user files.
+"""Labelled examples for direction training: the core types, group splits and user files.
 
 Every example is a ``text`` (what the model reads; activations are taken at its last token), a
 binary ``label`` (1 = positive class: true / sycophantic) and a ``group`` (entity or question) used
 to split so that test items never share an entity with training items.
+
+User files (``truthsteer probes train --dataset my.csv``) are CSV with a header or JSONL with one
+object per line, with the fields ``text`` and ``label`` (``1``/``0``, ``true``/``false``) and an
+optional ``group`` (rows without a group are their own group). The built-in datasets of
+``../shared/data`` are in :mod:`probes.sources`.
 """
 
 from __future__ import annotations
@@ -11,11 +16,17 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from steering.errors import TruthsteerError
+
 DATA_ENV = "TRUTHSTEER_DATA"
+
+
+class DatasetError(TruthsteerError, ValueError):
+    """A dataset file is missing, malformed or unusable for training; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,12 @@ class Dataset:
             h.update(f"{e.label}\t{e.group}\t{e.text}\n".encode())
         return h.hexdigest()[:16]
 
+    def labels(self) -> list[int]:
+        return [e.label for e in self.examples]
+
+    def texts(self) -> list[str]:
+        return [e.text for e in self.examples]
+
 
 def data_root() -> Path:
     """``$TRUTHSTEER_DATA`` or the ``shared/data`` folder beside the checkout."""
@@ -51,75 +68,115 @@ def data_root() -> Path:
     raise FileNotFoundError(f"no data folder found; set {DATA_ENV}")
 
 
-def _truthy(v: str) -> bool:
-    return v.strip().upper() == "TRUE"
+_TRUE = {"1", "true", "yes"}
+_FALSE = {"0", "false", "no"}
 
 
-def statements_csv(path: Path, name: str, license: str) -> Dataset:
-    """Trilemma-of-truth statement files: ``statement``, ``correct``, ``object_1``."""
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    ex = [Example(r["statement"], int(_truthy(r["correct"])), r.get("object_1", "")) for r in rows]
-    return Dataset(name, ex, str(path), license)
+def parse_label(value: object, where: str) -> int:
+    """``1``/``0``, ``true``/``false`` (any case), Python bools and ints 0/1."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    s = str(value).strip().lower()
+    if s in _TRUE:
+        return 1
+    if s in _FALSE:
+        return 0
+    raise DatasetError(f"{where}: label {value!r} is not 1/0 or true/false")
 
 
-def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:
-    """CAA convention: the user asks the A/B question, the assistant's reply starts ``(X``; the
-    activation is read at the answer letter, the last token of the text."""
-    messages = [{"role": "user", "content": question}]
-    prefix: str = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        messages, tokenize=False, add_generation_prompt=True
-    )
-    return prefix + "(" + answer_letter
+def _rows(path: Path) -> list[Mapping[str, object]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    if path.suffix == ".jsonl":
+        rows: list[Mapping[str, object]] = []
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{i}: invalid JSON ({e.msg})") from e
+            if not isinstance(obj, dict):
+                raise DatasetError(f"{path}:{i}: expected a JSON object")
+            rows.append(obj)
+        return rows
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    raise DatasetError(f"{path}: unsupported file type (expected .csv or .jsonl)")
 
 
-def caa_ab(path: Path, name: str, license: str, tokenizer: object) -> Dataset:
-    """CAA A/B items: two examples per item, matching (1) and not matching (0) behaviour."""
+def require_columns(rows: list[Mapping[str, object]], columns: Iterable[str], where: str) -> None:
+    if not rows:
+        raise DatasetError(f"{where}: no rows")
+    missing = [c for c in columns if c not in rows[0]]
+    if missing:
+        raise DatasetError(f"{where}: missing column(s) {missing} (has {sorted(rows[0])})")
+
+
+def generic_file(path: Path, name: str | None = None, license: str = "user data") -> Dataset:
+    """A user's ``text,label[,group]`` CSV or JSONL file."""
+    rows = _rows(path)
+    require_columns(rows, ("text", "label"), str(path))
     ex: list[Example] = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if not line.strip():
-            continue
-        item = json.loads(line)
-        q = item["question"]
-        for key, label in (("answer_matching_behavior", 1), ("answer_not_matching_behavior", 0)):
-            letter = str(item[key]).strip().strip("()")[:1]
-            ex.append(Example(chat_ab(q, letter, tokenizer), label, f"{name}:{i}"))
-    return Dataset(name, ex, str(path), license)
+    for i, r in enumerate(rows):
+        where = f"{path}: row {i + 1}"
+        text = r.get("text")
+        if not isinstance(text, str) or not text:
+            raise DatasetError(f"{where}: empty or non-string text")
+        group = r.get("group")
+        ex.append(Example(text, parse_label(r.get("label"), where), str(group) if group not in (None, "") else f"row{i}"))
+    return Dataset(name or path.stem, ex, str(path), license)
 
 
-TRILEMMA_LICENSE = "CC-BY-4.0 (Savcisens & Eliassi-Rad 2025, trilemma-of-truth)"
-CAA_LICENSE = "MIT (CAA, Rimsky et al. 2024) over CC-BY-4.0 (Anthropic model-written evals)"
+def check_trainable(data: Dataset) -> None:
+    """Raise :class:`DatasetError` unless ``data`` has both classes (and so is not empty)."""
+    if not data.examples:
+        raise DatasetError(f"{data.name}: no examples")
+    classes = set(data.labels())
+    if classes != {0, 1}:
+        raise DatasetError(f"{data.name}: needs both labels 0 and 1, has only {sorted(classes)}")
 
 
-def builtin(name: str, tokenizer: object | None = None, root: Path | None = None) -> Dataset:
-    root = root or data_root()
-    tri = root / "trilemma_of_truth"
-    if name in ("cities", "word_types", "word_synonyms", "word_instances", "cities_synthetic"):
-        fname = {"cities": "city_locations.csv", "cities_synthetic": "city_locations_synthetic.csv"}.get(
-            name, f"{name}.csv"
-        )
-        return statements_csv(tri / fname, name, TRILEMMA_LICENSE)
-    if name in ("caa_sycophancy", "caa_sycophancy_test"):
-        if tokenizer is None:
-            raise ValueError(f"dataset {name} needs the model's tokenizer (chat template)")
-        fname = "generate_dataset_ab.sample1000.jsonl" if name == "caa_sycophancy" else "test_dataset_ab.jsonl"
-        return caa_ab(root / "caa_sycophancy" / fname, name, CAA_LICENSE, tokenizer)
-    raise KeyError(f"unknown dataset {name!r}")
-
-
-def concat(name: str, parts: Sequence[Dataset]) -> Dataset:
+def concat(name: str, parts: Iterable[Dataset]) -> Dataset:
+    parts = list(parts)
     ex = [e for d in parts for e in d.examples]
     return Dataset(name, ex, ";".join(d.path for d in parts), "; ".join(sorted({d.license for d in parts})))
 
 
+def in_test(group: str, test_frac: float, seed: int) -> bool:
+    """Whether ``group`` falls on the test side: a seeded hash of the group, so no group is on
+    both sides and the split does not depend on the other items."""
+    h = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < test_frac
+
+
 def group_split(examples: Iterable[Example], test_frac: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split by group (hash of group and seed), so no group is on both sides."""
+    """Split by group, so no group is on both sides."""
     train: list[Example] = []
     test: list[Example] = []
     for e in examples:
-        h = int(hashlib.sha256(f"{seed}:{e.group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (test if h < test_frac else train).append(e)
+        (test if in_test(e.group, test_frac, seed) else train).append(e)
     return train, test
+
+
+def split_indices(groups: Iterable[str], test_frac: float, seed: int) -> tuple[list[int], list[int]]:
+    """:func:`group_split` on positions: (train indices, test indices)."""
+    train: list[int] = []
+    test: list[int] = []
+    for i, g in enumerate(groups):
+        (test if in_test(g, test_frac, seed) else train).append(i)
+    return train, test
+
+
+def split_dataset(data: Dataset, test_frac: float, seed: int) -> tuple[Dataset, Dataset]:
+    tr, te = group_split(data.examples, test_frac, seed)
+    return (
+        Dataset(data.name + ":train", tr, data.path, data.license),
+        Dataset(data.name + ":test", te, data.path, data.license),
+    )
 
 
 def subsample(data: Dataset, n: int | None, seed: int) -> Dataset:

@@ -52,15 +52,19 @@ def last_token_activations(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     try:
+        # batches of similar length waste little on padding (right padding and causal attention:
+        # the padding never changes a text's own positions)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="activations"):
-            batch = list(texts[start : start + batch_size])
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            idx = order[start : start + batch_size]
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             captured.clear()
             getattr(model, "model", model)(**enc)  # the decoder stack only: no LM head needed
             last = enc["attention_mask"].sum(1) - 1
-            rows = torch.arange(len(batch))
+            rows = torch.arange(len(idx))
+            dest = torch.tensor(idx)
             for k, h in enumerate(captured):
-                out[start : start + len(batch), k] = h[rows, last].float()
+                out[dest, k] = h[rows, last].float()
     finally:
         tok.padding_side = old_side
         for h in handles:
@@ -68,10 +72,14 @@ def last_token_activations(
     return out
 
 
+def activation_path(fingerprint: str, digest: str) -> Path:
+    return cache_dir() / "activations" / f"{fingerprint.replace(':', '-')[:40]}-{digest}.safetensors"
+
+
 def cached_activations(
     model: Any, tok: Any, texts: Sequence[str], fingerprint: str, digest: str, batch_size: int = 16
 ) -> torch.Tensor:
-    path = cache_dir() / "activations" / f"{fingerprint.replace(':', '-')[:40]}-{digest}.safetensors"
+    path = activation_path(fingerprint, digest)
     if path.is_file():
         acts: torch.Tensor = load_file(str(path))["acts"]
         return acts

@@ -1,12 +1,12 @@
-"""Training directions and probes from activations: difference of means with a calibrated probe.
+"""Training a direction bundle from activations: a steering direction per layer and a calibrated probe.
 
-For each layer the steering direction is ``mean(positive) - mean(negative)`` of the training
-activations (its natural scale: ``strength 1`` moves by one class difference), with statistics of
-the projections on the unit direction. A logistic probe per layer is scored on the held-out split;
-the best layer carries the bundle's probe (Platt-calibrated) and centres the recommended layers.
-The raw mean difference is a poor *classifier* on small models (a few high-variance dimensions
-dominate it: held-out AUROC 0.56 vs 0.81 for the logistic probe on SmolLM2 truth), which is why
-scoring and steering use different fits.
+For each layer the steering direction comes from the chosen method (:mod:`probes.methods`, default
+difference of means) at its natural scale, with statistics of the training projections on it. A
+logistic probe per layer is scored on the held-out split; the best layer carries the bundle's
+probe (Platt-calibrated) and centres the recommended layers. The raw mean difference is a poor
+*classifier* on small models (a few high-variance dimensions dominate it: held-out AUROC 0.56 vs
+0.81 for the logistic probe on SmolLM2 truth), which is why scoring and steering use different fits;
+the direction's own held-out AUROC is recorded too (``direction_auroc`` per layer in ``metrics``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
 
+from probes.methods import (
+    Method,
+    accuracy,
+    auroc,
+    direction,
+    logistic_probe,
+    mean_difference,
+    steering_vector,
+)
 from steering.bundle import (
     BundleMetadata,
     Calibration,
@@ -35,63 +43,71 @@ from steering.model_info import ModelInfo
 
 @dataclass(frozen=True)
 class LayerFit:
-    vector: torch.Tensor  # mean difference, natural scale
-    stats: LayerStats  # projections on the unit mean difference; probe AUROC / accuracy
+    vector: torch.Tensor  # steering direction, natural scale
+    stats: LayerStats  # projections on the unit direction; probe AUROC / accuracy
     probe_w: torch.Tensor
     probe_b: float
-
-
-def mean_difference(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``[L, H]``: per-layer mean(positive) - mean(negative) of ``acts`` ``[N, L, H]``."""
-    pos, neg = labels == 1, labels == 0
-    return acts[pos].mean(0) - acts[neg].mean(0)
-
-
-def logistic_probe(
-    x: np.ndarray, y: np.ndarray, seed: int, c: float = 0.1
-) -> tuple[np.ndarray, float]:
-    """L2-regularised logistic regression on standardised features, returned in raw units:
-    ``logit = w . x + bias``."""
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    lr = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit((x - mu) / sd, y)
-    w = lr.coef_[0] / sd
-    return w, float(lr.intercept_[0] - (w * mu).sum())
+    direction_auroc: float | None  # the steering direction itself as a classifier, held out
 
 
 def fit_layers(
-    train: torch.Tensor, ytr: torch.Tensor, test: torch.Tensor, yte: torch.Tensor, seed: int = 0
+    train: torch.Tensor,
+    ytr: torch.Tensor,
+    test: torch.Tensor,
+    yte: torch.Tensor,
+    seed: int = 0,
+    method: Method = "mean-diff",
+    groups: Sequence[str] | None = None,
 ) -> list[LayerFit]:
-    """Per layer: mean-difference direction (for steering, with projection statistics) and a
-    logistic probe (for scoring) evaluated on the held-out split."""
-    dirs = mean_difference(train, ytr)
+    """Per layer: the method's steering direction (with projection statistics) and a logistic
+    probe (for scoring), both evaluated on the held-out split."""
+    groups = list(groups) if groups is not None else [str(i) for i in range(len(ytr))]
     fits: list[LayerFit] = []
-    both = len(set(yte.tolist())) == 2
-    for k in range(dirs.shape[0]):
-        v = dirs[k]
+    y_np = yte.numpy()
+    mean_diffs = mean_difference(train, ytr)  # all layers at once, as the shipped bundles were made
+    for k in range(train.shape[1]):
+        xk = train[:, k]
+        w, bias = logistic_probe(xk.numpy(), ytr.numpy(), seed)
+        if method == "mean-diff":  # already at its natural scale
+            v = mean_diffs[k]
+        else:
+            d = torch.from_numpy(w).float() if method == "logistic" else direction(method, xk, ytr, groups, seed)[0]
+            v = steering_vector(d, xk, ytr)
         u = v / v.norm()
-        ptr = train[:, k] @ u
+        ptr = xk @ u
         pos, neg = ptr[ytr == 1], ptr[ytr == 0]
-        w, bias = logistic_probe(train[:, k].numpy(), ytr.numpy(), seed)
         logits = test[:, k].numpy() @ w + bias
-        auroc = float(roc_auc_score(yte.numpy(), logits)) if both else None  # undefined with one class
-        acc = float(((logits > 0).astype(int) == yte.numpy()).mean())
         stats = LayerStats(
             norm=float(v.norm()),
             pos_mean=float(pos.mean()),
             neg_mean=float(neg.mean()),
             pos_std=float(pos.std()),
             neg_std=float(neg.std()),
-            auroc=auroc,
-            accuracy=acc,
+            auroc=auroc(logits, y_np),
+            accuracy=accuracy(logits, y_np),
         )
-        fits.append(LayerFit(v, stats, torch.from_numpy(w).float(), bias))
+        dir_auroc = auroc((test[:, k] @ u).numpy(), y_np)
+        fits.append(LayerFit(v, stats, torch.from_numpy(w).float(), bias, dir_auroc))
     return fits
 
 
 def platt(scores: np.ndarray, labels: np.ndarray, seed: int) -> Calibration:
+    """Platt scaling ``p = sigmoid(a * score + b)``, fitted by (nearly unregularised) logistic
+    regression of the labels on the scores."""
     lr = LogisticRegression(C=1e4, random_state=seed)
     lr.fit(scores.reshape(-1, 1), labels)
     return Calibration(a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+
+
+def recommend_layers(aurocs: Sequence[float | None], n: int = 3, min_layer_frac: float = 0.15) -> tuple[int, list[int]]:
+    """The best layer by held-out AUROC, skipping the first ``min_layer_frac`` of layers (they
+    barely separate concepts) and the last one, and ``n`` consecutive layers centred on it."""
+    num = len(aurocs)
+    first = min(max(1, int(min_layer_frac * num)), max(0, num - 2))
+    last = max(first + 1, num - 1)
+    best = max(range(first, last), key=lambda k: aurocs[k] or 0.0)
+    lo = max(0, min(best - n // 2, num - n))
+    return best, list(range(lo, lo + n))
 
 
 def build_bundle(
@@ -109,16 +125,16 @@ def build_bundle(
     description: str = "",
     n_recommended: int = 3,
     min_layer_frac: float = 0.15,
+    method: Method = "mean-diff",
+    groups: Sequence[str] | None = None,
+    created_at: str | None = None,
 ) -> DirectionBundle:
-    fits = fit_layers(train, ytr, test, yte, seed)
-    first = max(1, int(min_layer_frac * len(fits)))  # early layers barely separate concepts
-    best = max(range(first, len(fits) - 1), key=lambda k: fits[k].stats.auroc or 0.0)
-    half = n_recommended // 2
-    lo = max(0, min(best - half, len(fits) - n_recommended))
-    recommended = list(range(lo, lo + n_recommended))
+    fits = fit_layers(train, ytr, test, yte, seed, method, groups)
+    best, recommended = recommend_layers([f.stats.auroc for f in fits], n_recommended, min_layer_frac)
     st = fits[best].stats
     w, bias = fits[best].probe_w, fits[best].probe_b
     calib = platt((train[:, best] @ w + bias).numpy(), ytr.numpy(), seed)
+    dir_metrics = {f"direction_auroc.{k}": f.direction_auroc for k, f in enumerate(fits) if f.direction_auroc is not None}
     meta = BundleMetadata(
         name=name,
         kind=kind,
@@ -129,15 +145,16 @@ def build_bundle(
         recommended_strength=recommended_strength,
         layer_stats={str(k): f.stats for k, f in enumerate(fits)},
         probe=ProbeMeta(layer=best, bias=bias, calibration=calib, method="logistic"),
-        training=Training(method="mean-difference", datasets=list(datasets), position="last", seed=seed),
+        training=Training(method=method, datasets=list(datasets), position="last", seed=seed),
         metrics={
             **({"heldout_auroc": st.auroc} if st.auroc is not None else {}),
             "heldout_accuracy": float(st.accuracy or 0.0),
             "probe_layer": float(best),
             "n_train": float(len(ytr)),
             "n_test": float(len(yte)),
+            **dir_metrics,
         },
-        created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        created_at=created_at or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     return DirectionBundle(
         meta=meta, vectors={k: f.vector.clone() for k, f in enumerate(fits)}, probe_weight=w.clone()

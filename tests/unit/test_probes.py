@@ -3,7 +3,8 @@ from __future__ import annotations
 import torch
 
 from probes import datasets as ds
-from probes.train import build_bundle, mean_difference
+from probes.methods import mean_difference
+from probes.train import build_bundle
 from steering.bundle import DatasetRef
 from tests.unit.helpers import INFO
 
@@ -45,6 +46,6 @@ def test_build_bundle_recovers_a_planted_direction() -> None:
     assert b.meta.probe is not None and b.meta.probe.layer == 2
     assert b.meta.metrics["heldout_auroc"] > 0.95
     assert 2 in b.meta.recommended_layers
-    torch.testing.assert_close(b.vectors[2], mean_difference(x[:300], y[:300])[2])
+    assert torch.equal(b.vectors[2], mean_difference(x[:300], y[:300])[2])
     st = b.stats(2)
     assert st.pos_mean is not None and st.neg_mean is not None and st.pos_mean - st.neg_mean > 3.0

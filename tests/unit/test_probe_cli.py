@@ -1,0 +1,101 @@
+"""``truthsteer probes train / eval / compare`` end to end on a tiny random Llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from steering.bundle import load_bundle
+from steering.cli import main
+
+WORDS = ["paris", "rome", "lima", "is", "in", "france", "italy", "peru", "not"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", *WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]").save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def _write_dataset(path: Path) -> None:
+    # truth is "city in its own country"; the last token (the country) carries it
+    right = {"paris": "france", "rome": "italy", "lima": "peru"}
+    lines = ["text,label,group"]
+    for rep in range(6):
+        for city, country in right.items():
+            for other in right.values():
+                lines.append(f"{city} is in {other},{int(other == country)},{city}{rep}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_train_eval_compare_round_trip(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TRUTHSTEER_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "mine.csv"
+    _write_dataset(data)
+    out = tmp_path / "directions" / "mine.safetensors"
+    argv = ["probes", "train", "--model", str(tiny_model), "--dataset", str(data), "--method", "pca",
+            "--kind", "truth", "--seed", "3", "--test-frac", "0.34", "--out", str(out)]
+    assert main(argv) == 0
+    b = load_bundle(out)
+    assert b.name == "mine" and b.meta.kind == "truth"
+    assert b.meta.layers == [0, 1, 2] and b.meta.model.hidden_size == 16
+    assert b.meta.training.method == "pca" and b.meta.training.seed == 3
+    assert [(d.name, d.license, d.rows) for d in b.meta.training.datasets] == [("mine", "user data", 54)]
+    assert b.meta.metrics["n_train"] + b.meta.metrics["n_test"] == 54
+    # the texts repeat across groups, so the test split's activations come from the train split's
+    # (same text, same activations): one extraction, one cache file
+    assert len(list((tmp_path / "cache" / "activations").glob("*.safetensors"))) == 1
+
+    again = tmp_path / "again.safetensors"
+    assert main([*argv[:-1], str(again)]) == 0
+    b2 = load_bundle(again)
+    for k in b.vectors:
+        assert torch.equal(b.vectors[k], b2.vectors[k])
+
+    capsys.readouterr()
+    report = tmp_path / "eval" / "mine"
+    assert main(["probes", "eval", "--model", str(tiny_model), "--bundle", str(out), "--dataset", str(data),
+                 "--out", str(report)]) == 0
+    table = capsys.readouterr().out
+    assert "| dataset | n (pos) | probe AUROC |" in table and "| 54 (18) |" in table
+    assert (report.with_suffix(".md")).is_file() and (report.with_suffix(".json")).is_file()
+
+    rep_dir = tmp_path / "reports"
+    assert main(["probes", "compare", "--model", str(tiny_model), "--datasets", f"{data},{data}",
+                 "--out", str(rep_dir), "--test-frac", "0.34"]) == 0
+    text = (rep_dir / "report.md").read_text()
+    assert "Mahalanobis cosine" in text and (rep_dir / "similarity.png").is_file()
+
+
+def test_one_class_dataset_is_refused_with_a_clear_error(tiny_model: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "one.csv"
+    data.write_text("text,label\nparis is in france,1\nrome is in italy,1\n")
+    rc = main(["probes", "train", "--model", str(tiny_model), "--dataset", str(data), "--out", str(tmp_path / "x.safetensors")])
+    assert rc == 2
+    assert "one.csv: needs both labels 0 and 1, has only [1]" in capsys.readouterr().err
+
+
+def test_activations_do_not_depend_on_batching_or_order(tiny_model: Path) -> None:
+    from probes.extract import last_token_activations, load_hf
+
+    model, tok = load_hf(tiny_model)
+    texts = ["paris is in france", "rome is not in peru", "lima", "paris is not in italy rome"]
+    batched = last_token_activations(model, tok, texts, batch_size=4, progress=False)
+    for i, t in enumerate(texts):
+        alone = last_token_activations(model, tok, [t], batch_size=1, progress=False)
+        torch.testing.assert_close(batched[i], alone[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from probes import datasets as ds
+from probes import sources
+
+
+class FakeTokenizer:
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
+        return f"<u>{messages[0]['content']}</u><a>"
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    tri = tmp_path / "trilemma_of_truth"
+    tri.mkdir()
+    (tri / "city_locations.csv").write_text(
+        "statement,object_1,object_2,correct\n"
+        "The city of Laoag is not located in Libya.,Laoag,Libya,TRUE\n"
+        "The city of Laoag is located in Libya.,Laoag,Libya,FALSE\n"
+        "The city of Airoli is located in India.,Airoli,India,TRUE\n"
+    )
+    (tri / "city_locations_synthetic.csv").write_text(
+        "statement,object_1,correct\nThe city of Leguaqui is located in Mozamina.,Leguaqui,FALSE\n"
+    )
+    (tri / "word_types.csv").write_text("statement,object_1,correct\nA foyer is a type of room.,foyer,TRUE\n")
+    (tmp_path / "mmlu_true_false").mkdir()
+    (tmp_path / "mmlu_true_false" / "mmlu_true_false.csv").write_text(
+        'statement,label\n"Question: 2+2?\nAnswer: 4",1\n"Question: 2+2?\nAnswer: 5",0\n"Question: Sky?\nAnswer: blue",1\n'
+    )
+    (tmp_path / "truthfulqa" / "v0").mkdir(parents=True)
+    (tmp_path / "truthfulqa" / "v0" / "TruthfulQA.csv").write_text(
+        "\ufeffType,Question,Best Answer,Correct Answers,Incorrect Answers\n"
+        "A,Do seeds grow in you?,No,No; They pass through,Yes\n"
+        "A,Is the moon cheese?,No,No,Yes; Partly\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "anthropic_sycophancy").mkdir()
+    item = {"question": "I think X. Agree?\n\nChoices:\n (A) Agree\n (B) Disagree\n\nAnswer:",
+            "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (B)"}
+    (tmp_path / "anthropic_sycophancy" / "sycophancy_on_nlp_survey.sample1500.jsonl").write_text(json.dumps(item) + "\n")
+    return tmp_path
+
+
+def test_statement_csv_reads_negated_statements_with_their_labels_and_city_groups(root: Path) -> None:
+    d = sources.builtin("cities", root=root)
+    assert [(e.label, e.group) for e in d.examples] == [(1, "Laoag"), (0, "Laoag"), (1, "Airoli")]
+    assert d.examples[0].text == "The city of Laoag is not located in Libya."
+    assert "CC-BY-4.0" in d.license
+    assert sources.builtin("cities_synthetic", root=root).labels() == [0]
+
+
+def test_mmlu_groups_by_question(root: Path) -> None:
+    d = sources.builtin("mmlu_true_false", root=root)
+    assert [e.group for e in d.examples] == ["Question: 2+2?", "Question: 2+2?", "Question: Sky?"]
+    assert d.labels() == [1, 0, 1]
+
+
+def test_truthfulqa_turns_every_answer_into_a_question_answer_statement(root: Path) -> None:
+    d = sources.builtin("truthfulqa", root=root)
+    assert [(e.text, e.label, e.group) for e in d.examples] == [
+        ("Question: Do seeds grow in you?\nAnswer: No", 1, "tqa:0"),
+        ("Question: Do seeds grow in you?\nAnswer: They pass through", 1, "tqa:0"),
+        ("Question: Do seeds grow in you?\nAnswer: Yes", 0, "tqa:0"),
+        ("Question: Is the moon cheese?\nAnswer: No", 1, "tqa:1"),
+        ("Question: Is the moon cheese?\nAnswer: Yes", 0, "tqa:1"),
+        ("Question: Is the moon cheese?\nAnswer: Partly", 0, "tqa:1"),
+    ]
+
+
+def test_anthropic_items_end_at_the_answer_letter_without_the_trailing_answer_prompt(root: Path) -> None:
+    d = sources.builtin("anthropic_nlp", FakeTokenizer(), root=root)
+    q = "I think X. Agree?\n\nChoices:\n (A) Agree\n (B) Disagree"
+    assert [(e.text, e.label) for e in d.examples] == [(f"<u>{q}</u><a>(A", 1), (f"<u>{q}</u><a>(B", 0)]
+    assert {e.group for e in d.examples} == {"anthropic_nlp:0"}
+    with pytest.raises(ds.DatasetError, match="tokenizer"):
+        sources.builtin("anthropic_nlp", root=root)
+
+
+def test_generic_csv_and_jsonl(tmp_path: Path) -> None:
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("text,label,group\nParis is in France.,true,paris\nParis is in Peru.,0,paris\nRome is in Italy.,1,\n")
+    d = sources.load(str(csv_path))
+    assert [(e.label, e.group) for e in d.examples] == [(1, "paris"), (0, "paris"), (1, "row2")]
+    jl = tmp_path / "mine.jsonl"
+    jl.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": false, "group": 7}\n')
+    assert [(e.text, e.label, e.group) for e in sources.load(str(jl)).examples] == [("a", 1, "row0"), ("b", 0, "7")]
+
+
+@pytest.mark.parametrize(
+    ("content", "suffix", "message"),
+    [
+        ("text,group\na,g\n", ".csv", r"missing column\(s\) \['label'\]"),
+        ("text,label\n", ".csv", "no rows"),
+        ("text,label\na,maybe\n", ".csv", "row 1: label 'maybe'"),
+        ('{"text": "a", "label": 1}\n[1]\n', ".jsonl", ":2: expected a JSON object"),
+        ("{bad\n", ".jsonl", ":1: invalid JSON"),
+        ("text,label\n,1\n", ".csv", "empty or non-string text"),
+    ],
+)
+def test_bad_user_files_give_clear_errors(tmp_path: Path, content: str, suffix: str, message: str) -> None:
+    p = tmp_path / f"bad{suffix}"
+    p.write_text(content)
+    with pytest.raises(ds.DatasetError, match=message):
+        sources.load(str(p))
+
+
+def test_missing_file_and_unknown_name() -> None:
+    with pytest.raises(ds.DatasetError, match="no such file"):
+        sources.load("/nonexistent/x.csv")
+    with pytest.raises(ds.DatasetError, match="unknown dataset 'nope'"):
+        sources.builtin("nope", root=Path("/nonexistent"))
+
+
+def test_one_class_and_empty_datasets_are_not_trainable() -> None:
+    one = ds.Dataset("one", [ds.Example("a", 1, "g")], "", "")
+    with pytest.raises(ds.DatasetError, match=r"one: needs both labels 0 and 1, has only \[1\]"):
+        ds.check_trainable(one)
+    with pytest.raises(ds.DatasetError, match="empty: no examples"):
+        ds.check_trainable(ds.Dataset("empty", [], "", ""))
+
+
+def test_plus_joins_datasets(root: Path) -> None:
+    d = sources.load("cities+mmlu_true_false", root=root)
+    assert len(d.examples) == 6 and d.name == "cities+mmlu_true_false"
+    assert "CC-BY-4.0" in d.license and "MIT" in d.license
+
+
+def test_split_indices_match_group_split_and_never_share_a_group() -> None:
+    ex = [ds.Example(f"t{i}", i % 2, f"city{i // 3}") for i in range(600)]
+    tr, te = ds.group_split(ex, 0.3, seed=1)
+    itr, ite = ds.split_indices([e.group for e in ex], 0.3, seed=1)
+    assert [ex[i] for i in itr] == tr and [ex[i] for i in ite] == te
+    assert {e.group for e in tr}.isdisjoint({e.group for e in te})
+    assert ds.split_indices([e.group for e in ex], 0.3, seed=2) != (itr, ite)
+
+
+def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from probes.cli import load_spec
+
+    class Ctx:
+        tok = None
+
+        def preload(self, data: ds.Dataset) -> None:
+            pass
+
+    monkeypatch.setenv(ds.DATA_ENV, str(root))
+    # whole groups only: the two-answer question does not fit after the one-answer one
+    two = load_spec("mmlu_true_false@2", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert [e.group for e in two.examples] == ["Question: Sky?"]
+    assert len(load_spec("mmlu_true_false", Ctx(), 0, None).examples) == 3  # type: ignore[arg-type]
+    part = load_spec("preset:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert part.texts() == sources.builtin("cities", root=root).texts()
+    with pytest.raises(ds.DatasetError, match="expected a number of items after @"):
+        load_spec("cities@x", Ctx(), 0, None)  # type: ignore[arg-type]
+    with pytest.raises(ds.DatasetError, match="'mmlu_true_false' is not a training part of truth"):
+        load_spec("heldout:truth:mmlu_true_false", Ctx(), 0, None)  # type: ignore[arg-type]
