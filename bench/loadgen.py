@@ -100,14 +100,14 @@ async def run_shape(base: str, model: str, shape: Shape, sc: Scenario) -> dict[s
         return summarize(timings, time.perf_counter() - t0)
 
 
-def bench_server(server: Server, scenarios: list[Scenario], shapes: list[Shape], out: dict[str, Any]) -> None:
-    model = httpx.get(f"{server.base}/v1/models", timeout=30).json()["data"][0]["id"]
+def bench_server(base: str, scenarios: list[Scenario], shapes: list[Shape], out: dict[str, Any]) -> None:
+    model = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
     for sc in scenarios:
         row: dict[str, Any] = {}
         try:  # warm-up, and find out whether the server takes this scenario at all
-            asyncio.run(run_shape(server.base, model, closed_shape(2, 2, 4), sc))
+            asyncio.run(run_shape(base, model, closed_shape(2, 2, 4), sc))
             for shape in shapes:
-                row[shape.name] = asyncio.run(run_shape(server.base, model, shape, sc))
+                row[shape.name] = asyncio.run(run_shape(base, model, shape, sc))
                 print(f"{sc.name:<32} {shape.name:<14} {row[shape.name]['tokens_per_s']:8.1f} tok/s", flush=True)
         except Rejected as e:
             row = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
@@ -124,25 +124,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poisson-rate", type=float, default=None, help="arrivals per second")
     ap.add_argument("--scenarios", default=None, help="comma-separated scenario names (default: all)")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
+    ap.add_argument("--vllm-base", default=None, help="URL of a running plain vLLM server (default: start one)")
+    ap.add_argument("--truthsteer-base", default=None, help="URL of a running truthsteer server (default: start one)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
     q = args.quick
     levels = [int(x) for x in (args.levels or ("1,8" if q else "1,8,32,64")).split(",")]
     tokens = args.tokens or (16 if q else 64)
-    shapes = [closed_shape(c, max(c, 4 if q else 16), tokens) for c in levels]
-    shapes.append(poisson_shape(args.poisson_requests or (12 if q else 128), args.poisson_rate or (2.0 if q else 8.0),
+    shapes = [closed_shape(c, max(c, 2 if q else 16), tokens) for c in levels]
+    shapes.append(poisson_shape(args.poisson_requests or (8 if q else 128), args.poisson_rate or (2.0 if q else 8.0),
                                 (8, 16, 32) if q else (16, 32, 64, 128), seed=0))
     chosen = [s for s in SCENARIOS if args.scenarios is None or s.name in args.scenarios.split(",")]
     results: dict[str, Any] = {}
     t0 = time.time()
+    running = {"vllm": args.vllm_base, "truthsteer": args.truthsteer_base}
     for kind, start in (("vllm", Server.plain_vllm), ("truthsteer", Server.truthsteer)):
         group = [s for s in chosen if s.server == kind]
         if not group:
             continue
+        url = running[kind]
+        if url:  # one engine at a time: never start a second one beside a running server
+            bench_server(url, group, shapes, results)
+            continue
         server = start()
         try:
-            bench_server(server, group, shapes, results)
+            bench_server(server.base, group, shapes, results)
         finally:
             server.stop()
     if not args.no_hf:

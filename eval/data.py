@@ -142,5 +142,16 @@ def truth_heldout(tokenizer: object | None, limit: int | None) -> dict[str, ds.D
     with (ds.data_root() / "mmlu_true_false" / "mmlu_true_false.csv").open(newline="") as f:
         mmlu = [ds.Example(r["statement"], int(r["label"]), str(i)) for i, r in enumerate(csv.DictReader(f))]
     sets["mmlu_true_false (OOD)"] = ds.Dataset("mmlu_true_false", mmlu, "mmlu_true_false.csv", "MIT")
-    n = 2 * (limit or 10**9)
-    return {k: ds.subsample(v, n, 1) for k, v in sets.items()}
+    return {k: balanced(v, limit) for k, v in sets.items()}
+
+
+def balanced(data: ds.Dataset, per_class: int | None, seed: int = 1) -> ds.Dataset:
+    """At most ``per_class`` examples of each label (seeded sample), so AUROC always has both."""
+    if per_class is None:
+        return data
+    rng = random.Random(seed)
+    out: list[ds.Example] = []
+    for label in (0, 1):
+        pool = [e for e in data.examples if e.label == label]
+        out += rng.sample(pool, min(per_class, len(pool)))
+    return ds.Dataset(data.name, out, data.path, data.license)

@@ -117,10 +117,12 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
                 res["selective_area"] = scoring.area_under_coverage(curve)
             steps.update()
     if "probes" in parts:
-        sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, limit).items()]
+        per_class = None if limit is None else max(50, 10 * limit)  # probes are cheap: AUROC needs items
+        sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, per_class).items()]
         from probes import datasets as ds
 
-        sets.append(("caa_sycophancy_test", "sycophancy", ds.builtin("caa_sycophancy_test", tokenizer)))
+        sets.append(("caa_sycophancy_test", "sycophancy",
+                     data.balanced(ds.builtin("caa_sycophancy_test", tokenizer), per_class)))
         todo(len(sets))
         res["probes"] = {}
         for set_name, probe_name, dset in sets:

@@ -33,7 +33,7 @@ async def truthfulqa_mc(api: Api, items: Sequence[MCItem], cfg: Config) -> dict[
         res["MC2"].append(scoring.mc2([lp[o] for o in it.mc2], list(it.mc2.values())))
         if it.mc0:
             res["MC0"].append(scoring.mc1([lp[o] for o in it.mc0], list(it.mc0.values())))
-    return {k: statistics.fmean(v) for k, v in res.items() if v} | {"n": float(len(items))}
+    return {k: statistics.fmean(v) for k, v in res.items() if v} | {"n": len(items)}
 
 
 async def ab_behaviour(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer: object, desc: str) -> dict[str, float]:
@@ -48,7 +48,7 @@ async def ab_behaviour(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer
     scored = await api.score(ctx, cont, cfg.extra, desc=f"{desc} [{cfg.name}]")
     probs = [scoring.pair_probability(scored[2 * i].total, scored[2 * i + 1].total) for i in range(len(items))]
     return {"p_matching": statistics.fmean(probs), "frac_matching": statistics.fmean(p > 0.5 for p in probs),
-            "n": float(len(items))}
+            "n": len(items)}
 
 
 async def perplexity(api: Api, texts: Sequence[str], cfg: Config) -> float:
@@ -60,7 +60,7 @@ async def probe_auroc(api: Api, data: ds.Dataset, probe: str) -> dict[str, float
     scores = await api.probe_scores([e.text for e in data.examples], [probe])
     vals = [s[probe] for s in scores]
     pairs = [(e.label, v) for e, v in zip(data.examples, vals, strict=True) if v is not None]
-    return {"auroc": scoring.auroc([p[0] for p in pairs], [p[1] for p in pairs]), "n": float(len(pairs))}
+    return {"auroc": scoring.auroc([p[0] for p in pairs], [p[1] for p in pairs]), "n": len(pairs)}
 
 
 @dataclass(frozen=True)
