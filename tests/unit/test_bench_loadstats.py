@@ -33,3 +33,22 @@ def test_poisson_arrivals_seeded_and_increasing() -> None:
     assert x[0] == 0.0
     assert all(b >= a for a, b in itertools.pairwise(x))
     assert x != poisson_arrivals(50, rate=4.0, seed=1)
+
+
+def test_ratios_to_plain_vllm_skip_unsupported() -> None:
+    from bench.loadreport import ratios
+
+    m = lambda tps: {"tokens_per_s": tps}  # noqa: E731
+    res = {"plain vLLM": {"c=1": m(10.0), "c=8": m(40.0)},
+           "probes on (2)": {"c=1": m(9.5), "c=8": m(38.0)},
+           "DoLa": {"unsupported": "unsupported (400)"}}
+    assert ratios(res) == {"plain vLLM": {"c=1": 1.0, "c=8": 1.0}, "probes on (2)": {"c=1": 0.95, "c=8": 0.95}}
+
+
+def test_poisson_shape_is_seeded_and_mixed() -> None:
+    from bench.loadgen import poisson_shape
+
+    a, b = poisson_shape(20, 2.0, (8, 16, 32), seed=0), poisson_shape(20, 2.0, (8, 16, 32), seed=0)
+    assert a == b
+    assert a.concurrency is None
+    assert {r.max_tokens for r in a.requests} == {8, 16, 32}
