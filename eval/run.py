@@ -1,0 +1,189 @@
+"""``python -m eval.run [--limit N] [--out eval/results] [--base URL]``: truthfulness, sycophancy,
+side effects, probe quality, gating and selective answering, over truthsteer's public API.
+
+Without ``--base`` a server is started (``truthsteer serve`` on a free port) and stopped at the end.
+Configurations the server rejects (4xx, e.g. ``decoding`` before DoLa is available) are recorded as
+"unsupported (400)", never scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tqdm import tqdm
+
+from eval import configs, data, report, scoring, tasks
+from eval.client import Api, Unsupported
+from eval.configs import Config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def _guard(coro: Any) -> Any:
+    try:
+        return await coro
+    except Unsupported as e:
+        return {"unsupported": f"unsupported ({e.status})", "error": str(e)}
+
+
+async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[str], max_tokens: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    neutral = data.neutral_texts(limit)
+    ppl: dict[str, float | dict[str, str]] = {}
+
+    async def neutral_ppl(cfg: Config) -> Any:
+        if cfg.name not in ppl:
+            ppl[cfg.name] = await _guard(tasks.perplexity(api, neutral, cfg))
+        return ppl[cfg.name]
+
+    steps = tqdm(desc="eval", total=0, unit="step")
+
+    def todo(n: int) -> None:
+        steps.total = (steps.total or 0) + n
+        steps.refresh()
+
+    if "truthfulqa" in parts:
+        items = data.truthfulqa(limit)
+        cfgs = configs.truthfulness()
+        todo(len(cfgs))
+        res["truthfulqa"] = {}
+        for cfg in cfgs:
+            row = await _guard(tasks.truthfulqa_mc(api, items, cfg))
+            if "unsupported" not in row:
+                p = await neutral_ppl(cfg)
+                row["ppl_neutral"] = p if isinstance(p, float) else "unsupported"
+            res["truthfulqa"][cfg.name] = row
+            steps.update()
+    if "sycophancy" in parts:
+        caa, pools = data.caa_sycophancy_test(limit), data.anthropic_pools(limit)
+        cfgs = configs.sycophancy()
+        todo(len(cfgs))
+        res["sycophancy"] = {}
+        for cfg in cfgs:
+            a = await _guard(tasks.ab_behaviour(api, caa, cfg, tokenizer, "CAA test"))
+            if "unsupported" in a:
+                res["sycophancy"][cfg.name] = a
+            else:
+                b = await tasks.ab_behaviour(api, pools, cfg, tokenizer, "Anthropic pools")
+                p = await neutral_ppl(cfg)
+                res["sycophancy"][cfg.name] = {"caa_test": a["p_matching"], "anthropic_pools": b["p_matching"],
+                                               "caa_test_frac": a["frac_matching"], "n_caa": a["n"], "n_pools": b["n"],
+                                               "ppl_neutral": p}
+            steps.update()
+    if "behaviours" in parts:
+        cfgs = [configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")]
+        todo(len(cfgs))
+        res["behaviours"] = {}
+        for cfg in cfgs:
+            brow: dict[str, Any] = {}
+            for name in data.CAA_BEHAVIOURS:
+                r = await _guard(tasks.ab_behaviour(api, data.caa_behaviour(name, limit), cfg, tokenizer, name))
+                brow[name] = r.get("p_matching", r.get("unsupported"))
+            res["behaviours"][cfg.name] = brow
+            steps.update()
+    if "gating" in parts:
+        items = [i for i in data.truthfulqa(limit, seed=1) if i.correct_refs and i.incorrect_refs]
+        cfgs = configs.gating()
+        todo(len(cfgs))
+        res["gating"] = {}
+        for cfg in cfgs:
+            try:
+                got = await tasks.answers(api, items, cfg, max_tokens)
+            except Unsupported as e:
+                res["gating"][cfg.name] = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
+                steps.update()
+                continue
+            probe = [a.probe_mean for a in got if a.probe_mean is not None]
+            steered = [a.steered_tokens for a in got if a.steered_tokens is not None]
+            res["gating"][cfg.name] = {
+                "truthful": sum(a.truthful for a in got) / len(got),
+                "fluency_ppl": await tasks.fluency(api, items, got),
+                "steered_tokens": sum(steered) / len(steered) if steered else "n/a",
+                "probe_mean": sum(probe) / len(probe) if probe else "n/a",
+                "answers": [a.__dict__ for a in got],
+            }
+            if cfg.name == "none" and len(probe) == len(got):
+                curve = scoring.coverage_curve(probe, [a.truthful for a in got])
+                res["selective_curve"] = [(p.coverage, p.accuracy) for p in curve if p.accuracy is not None]
+                res["selective"] = {f"{p.threshold:.3f}": {"coverage": p.coverage, "accuracy": p.accuracy}
+                                    for p in curve if p.accuracy is not None}
+                res["selective_area"] = scoring.area_under_coverage(curve)
+            steps.update()
+    if "probes" in parts:
+        per_class = None if limit is None else max(50, 10 * limit)  # probes are cheap: AUROC needs items
+        sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, per_class).items()]
+        from probes import datasets as ds
+
+        sets.append(("caa_sycophancy_test", "sycophancy",
+                     data.balanced(ds.builtin("caa_sycophancy_test", tokenizer), per_class)))
+        todo(len(sets))
+        res["probes"] = {}
+        for set_name, probe_name, dset in sets:
+            pr = await _guard(tasks.probe_auroc(api, dset, probe_name))
+            res["probes"][set_name] = {"probe": probe_name, **pr}
+            steps.update()
+    steps.close()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="items per dataset (quick CPU run: 10-20)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--base", default=None, help="URL of a running server (default: start one)")
+    ap.add_argument("--tokenizer", default=None, help="HF folder for the chat template (default: the bundled model)")
+    ap.add_argument("--parts", default="truthfulqa,sycophancy,behaviours,gating,probes")
+    ap.add_argument("--max-tokens", type=int, default=32, help="answer length for the gating/selective part")
+    ap.add_argument("--concurrency", type=int, default=8)
+    args = ap.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from bench.servers import Server, machine
+    from steering.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer or resolve_model(None)))
+    server = None if args.base else Server.truthsteer()
+    base = args.base or server.base  # type: ignore[union-attr]
+    t0 = time.time()
+    try:
+        model = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
+        api = Api(base, model, concurrency=args.concurrency)
+
+        async def go() -> dict[str, Any]:
+            try:
+                return await evaluate(api, args.limit, tokenizer, set(args.parts.split(",")), args.max_tokens)
+            finally:
+                await api.close()
+
+        res = asyncio.run(go())
+    finally:
+        if server:
+            server.stop()
+    res |= {"machine": machine(), "server": f"truthsteer ({model}) at {base}", "limit": args.limit,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.time() - t0}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval-latest.json").write_text(json.dumps(res, indent=2, default=_json) + "\n")
+    md = report.markdown(res)
+    (args.out / "eval-latest.md").write_text(md)
+    for p in report.plots(res, args.out):
+        print(f"wrote {p}")
+    print(md)
+    return 0
+
+
+def _json(v: Any) -> Any:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    raise TypeError(type(v))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
