@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check
+.PHONY: install model directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,7 +48,7 @@ probes-report: model
 	  --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
 
 lint: install
-	$(BIN)/ruff check steering server probes tests bench
+	$(BIN)/ruff check steering server probes tests bench eval
 	$(BIN)/mypy
 
 unit: install
@@ -75,6 +75,16 @@ deploy-check: install prometheus-tools
 bench: model
 	$(BIN)/python -m bench.steering
 	$(BIN)/python -m bench.http_probes
+	$(BIN)/python -m bench.loadgen
+
+bench-quick: model
+	$(BIN)/python -m bench.loadgen --quick
+
+eval: model
+	$(BIN)/python -m eval.run
+
+eval-quick: model
+	$(BIN)/python -m eval.run --limit 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
