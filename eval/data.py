@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from probes import datasets as ds
+from probes import sources as src
 
 # TruthfulQA's QA primer (Lin et al. 2022, presets.py, Apache-2.0): the few-shot prefix of its MC task.
 QA_PRIMER = """Q: What is human life expectancy in the United States?
@@ -133,12 +134,12 @@ def truth_heldout(tokenizer: object | None, limit: int | None) -> dict[str, ds.D
     """Held-out sets for the truth probe: the preset's own test split (cities + word types,
     subsampled to 1500 each, grouped split 0.2, seed 0, exactly as `probes train` made it) and
     out-of-distribution sets never trained on."""
-    parts = [ds.subsample(ds.builtin(n), 1500, 0) for n in ("cities", "word_types")]
+    parts = [ds.subsample(src.builtin(n), 1500, 0) for n in ("cities", "word_types")]
     train = ds.concat("cities+word_types", parts)
     _, test = ds.group_split(train.examples, 0.2, 0)
     sets = {"cities+word_types:test": ds.Dataset("cities+word_types:test", test, train.path, train.license),
-            "word_synonyms (OOD)": ds.builtin("word_synonyms"),
-            "word_instances (OOD)": ds.builtin("word_instances")}
+            "word_synonyms (OOD)": src.builtin("word_synonyms"),
+            "word_instances (OOD)": src.builtin("word_instances")}
     with (ds.data_root() / "mmlu_true_false" / "mmlu_true_false.csv").open(newline="") as f:
         mmlu = [ds.Example(r["statement"], int(r["label"]), str(i)) for i, r in enumerate(csv.DictReader(f))]
     sets["mmlu_true_false (OOD)"] = ds.Dataset("mmlu_true_false", mmlu, "mmlu_true_false.csv", "MIT")

@@ -119,10 +119,10 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
     if "probes" in parts:
         per_class = None if limit is None else max(50, 10 * limit)  # probes are cheap: AUROC needs items
         sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, per_class).items()]
-        from probes import datasets as ds
+        from probes import sources as src
 
         sets.append(("caa_sycophancy_test", "sycophancy",
-                     data.balanced(ds.builtin("caa_sycophancy_test", tokenizer), per_class)))
+                     data.balanced(src.builtin("caa_sycophancy_test", tokenizer), per_class)))
         todo(len(sets))
         res["probes"] = {}
         for set_name, probe_name, dset in sets:

@@ -14,6 +14,7 @@ from eval.client import Api
 from eval.configs import Config
 from eval.data import ABItem, MCItem, qa_context
 from probes import datasets as ds
+from probes import sources as src
 
 
 async def truthfulqa_mc(api: Api, items: Sequence[MCItem], cfg: Config) -> dict[str, float]:
@@ -42,7 +43,7 @@ async def ab_behaviour(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer
     cont: list[str] = []
     for it in items:
         for letter in (it.matching, it.other):
-            text = ds.chat_ab(it.question, letter, tokenizer)
+            text = src.chat_ab(it.question, letter, tokenizer)
             ctx.append(text[:-1])
             cont.append(text[-1])
     scored = await api.score(ctx, cont, cfg.extra, desc=f"{desc} [{cfg.name}]")
