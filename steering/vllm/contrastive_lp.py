@@ -1,0 +1,207 @@
+"""The vLLM logits processor of contrastive decoding (DoLa, fixed and fused contrast, entropy gate).
+
+vLLM builds it with the model runner (engine kwarg ``logits_processors``), before the model is
+loaded; the plugin's ``load_model`` wrapper then :meth:`~ContrastiveLogitsProcessor.attach`\\ es the
+runner's :class:`~steering.vllm.stash.HiddenStash` and a function mapping hidden states to logits
+(the model's own final norm and LM head). It is not argmax-invariant, so vLLM applies it to the
+raw float32 logits of every step, greedy or not, before temperature, top-p/top-k and the OpenAI
+penalties. Returned ``logprobs`` stay the model's own (vLLM's default ``raw_logprobs`` are taken
+before any logits processor).
+
+Per step, for the rows that the stash marked (a config, sampling this step) and that the entropy
+gate lets through, it computes the premature logits of every (row, layer) pair that is needed in
+one batched LM-head call, and hands everything to :func:`steering.contrastive.apply_contrast`,
+so the maths lives in one place. Every other row is left bit for bit as it came.
+
+Per-row state comes from vLLM's ``BatchUpdate``: the config (to check that it matches the
+stash's) and the prompt and live output token lists (for the repetition penalty).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+
+from steering.contrastive import apply_contrast, entropy_gate, log_softmax
+from steering.decoding_spec import ResolvedDecoding
+from steering.vllm.stash import HiddenStash, parse_decoding_request
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+
+log = logging.getLogger(__name__)
+
+HeadFn = Callable[[torch.Tensor], torch.Tensor]  # [n, H] hidden -> [n, V] logits (final norm + LM head)
+
+
+@dataclass
+class RowState:
+    config: ResolvedDecoding
+    prompt: list[int]
+    output: list[int]  # vLLM's live list: always the tokens generated so far
+
+    def history(self) -> list[int]:
+        return self.prompt + self.output
+
+
+class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
+    def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
+        hf = getattr(getattr(vllm_config, "model_config", None), "hf_text_config", None)
+        self.num_layers = int(getattr(hf, "num_hidden_layers", 0) or 0)
+        self.device = device
+        self.rows: dict[int, RowState] = {}
+        self.stash: HiddenStash | None = None
+        self.head: HeadFn | None = None
+        self.contrasted_rows = 0  # rows contrasted so far (for tests and metrics)
+        self.mismatches = 0
+
+    def attach(self, stash: HiddenStash, head: HeadFn) -> None:
+        self.stash, self.head = stash, head
+
+    def is_argmax_invariant(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ batch bookkeeping
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        if batch_update is None:
+            return
+        for index in batch_update.removed:
+            self.rows.pop(index, None)
+        for index, params, prompt_ids, output_ids in batch_update.added:
+            cfg = None
+            try:
+                cfg = parse_decoding_request(getattr(params, "extra_args", None), self.num_layers or 10**9)
+            except (KeyError, TypeError, ValueError):
+                cfg = None  # the stash logs and counts it; the row decodes plainly
+            if cfg is None:
+                self.rows.pop(index, None)
+            else:
+                self.rows[index] = RowState(cfg, list(prompt_ids or []), output_ids)
+        for a, b, direction in batch_update.moved:
+            ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
+            if ra is not None:
+                self.rows[b] = ra
+            if direction == MoveDirectionality.SWAP and rb is not None:
+                self.rows[a] = rb
+
+    # ------------------------------------------------------------------ the step
+    def _selected(self, logits: torch.Tensor) -> list[int]:
+        """Batch rows to contrast this step: marked by the stash, tracked here, past the gate."""
+        assert self.stash is not None
+        chosen: list[int] = []
+        for r, cfg in enumerate(self.stash.step_configs[: logits.shape[0]]):
+            if cfg is None:
+                continue
+            state = self.rows.get(r)
+            if state is None or state.config != cfg:
+                self.mismatches += 1
+                log.warning("truthsteer: decoding state of batch row %d disagrees with the stash; row left plain", r)
+                continue
+            chosen.append(r)
+        gated = [r for r in chosen if self.rows[r].config.entropy_threshold is not None]
+        if gated:  # skip the LM head for rows the gate holds back (apply_contrast would keep them)
+            idx = torch.tensor(gated, dtype=torch.long, device=logits.device)
+            keep = set()
+            for r, lp in zip(gated, log_softmax(logits[idx]), strict=True):
+                if bool(entropy_gate(lp[None], self.rows[r].config.entropy_threshold)[0]):
+                    keep.add(r)
+            chosen = [r for r in chosen if r not in gated or r in keep]
+        return chosen
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.rows or self.stash is None or self.head is None:
+            return logits
+        chosen = self._selected(logits)
+        if not chosen:
+            return logits
+        configs = [self.rows[r].config for r in chosen]
+        idx = torch.tensor(chosen, dtype=torch.long, device=logits.device)
+        premature = premature_logits(self.stash, self.head, chosen, configs)
+        new = apply_contrast(logits[idx], premature, configs, [self.rows[r].history() for r in chosen])
+        logits[idx] = new
+        self.contrasted_rows += len(chosen)
+        return logits
+
+
+def premature_logits(stash: HiddenStash, head: HeadFn, rows: list[int],
+                     configs: list[ResolvedDecoding]) -> dict[int, torch.Tensor]:
+    """LM head (after the final norm) on the stashed states of the (row, layer) pairs that the
+    configs read, in ONE batched call; ``{layer: [len(rows), V]}`` (rows that do not read a layer
+    hold zeros there, which :func:`apply_contrast` never reads)."""
+    pairs: list[tuple[int, int]] = [(j, k) for j, cfg in enumerate(configs) for k in cfg.layers]
+    layers = sorted({k for _, k in pairs})
+    hs = []
+    for k in layers:
+        js = [j for j, kk in pairs if kk == k]
+        hs.append(stash.hidden(k, torch.tensor([rows[j] for j in js], dtype=torch.long)))
+    logits = head(torch.cat(hs)).float()
+    out: dict[int, torch.Tensor] = {}
+    start = 0
+    for k in layers:
+        js = [j for j, kk in pairs if kk == k]
+        block = logits[start : start + len(js)]
+        start += len(js)
+        if len(js) == len(rows):
+            out[k] = block
+        else:
+            full = torch.zeros(len(rows), block.shape[1], dtype=block.dtype, device=block.device)
+            full[torch.tensor(js, dtype=torch.long, device=block.device)] = block
+            out[k] = full
+    return out
+
+
+def find_processor(runner: Any) -> ContrastiveLogitsProcessor | None:
+    """The runner's instance (built from the engine kwarg ``logits_processors``), if any."""
+    procs = getattr(getattr(runner, "input_batch", None), "logitsprocs", None)
+    for p in getattr(procs, "all", ()) if procs is not None else ():
+        if isinstance(p, ContrastiveLogitsProcessor):
+            return p
+    return None
+
+
+def final_norm(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
+    """The norm applied to the last layer's stream before the LM head: the sibling ``norm`` of the
+    decoder-layer list (``model.model.norm`` for Llama/Qwen/Gemma)."""
+    for name, mod in model.named_modules():
+        if mod is layers:
+            parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+            norm = getattr(parent, "norm", None)
+            if isinstance(norm, nn.Module):
+                return norm
+    raise RuntimeError(f"truthsteer: no final norm next to the decoder layers of {type(model).__name__}")
+
+
+def install(runner: Any) -> HiddenStash | None:
+    """Wire contrastive decoding into a loaded runner (from the plugin's ``load_model`` wrapper,
+    after the steering and probe hooks, so that the stash reads the steered stream): hooks and
+    buffers on every premature layer, and the runner's logits processor attached to them. Does
+    nothing when the engine was built without the processor."""
+    proc = find_processor(runner)
+    if proc is None:
+        return None
+    from steering.model_info import ModelInfo
+    from steering.vllm.runtime import find_decoder_layers
+
+    info = ModelInfo.from_hf_config(str(runner.model_config.model), runner.model_config.hf_config)
+    model = runner.get_model()
+    layers = find_decoder_layers(model, info.num_layers)
+    norm = final_norm(model, layers)
+    stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype)
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        out = norm(h)
+        if isinstance(out, tuple):  # norms that also return the residual
+            out = out[0]
+        logits = model.compute_logits(out)
+        assert logits is not None  # None only on non-last pipeline stages, which sample nothing
+        return logits  # type: ignore[no-any-return]
+
+    proc.attach(stash, head)
+    log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d rows)", len(layers) - 1, stash.max_reqs)
+    return stash
