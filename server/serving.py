@@ -21,6 +21,8 @@ from server.metrics import Metrics
 from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
+from steering.decoding_spec import WIRE_KEY as DECODING_KEY
+from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
@@ -151,7 +153,7 @@ class Serving:
 
     # ------------------------------------------------------------------ request building
     def sampling(self, req: Req, max_tokens: int, ops: list[ResolvedOp], n: int, seed: int | None,
-                 probe_id: str | None, prompt_scores: bool = False) -> Any:
+                 probe_id: str | None, prompt_scores: bool = False, decoding: ResolvedDecoding | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -164,6 +166,8 @@ class Serving:
             ext["steering"] = wire(ops)
         if probe_id:
             ext["probes"] = {"id": probe_id, "prompt": prompt_scores}
+        if decoding is not None:
+            ext[DECODING_KEY] = decoding.to_wire()
         try:
             return SamplingParams(
                 n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
@@ -177,8 +181,6 @@ class Serving:
         self.check_model(req.model)
         if req.n > self.settings.max_n:
             raise bad_request(f"n must be <= {self.settings.max_n}", "n", "invalid_value")
-        if req.decoding is not None:
-            raise bad_request("contrastive decoding is not available on this server yet", "decoding", "unsupported")
         probes = select_probes(req.probes, self.probes)
         if probes and self.receiver is None:
             raise APIError(503, "probe scores are unavailable: the probe channel is not connected",
@@ -186,6 +188,21 @@ class Serving:
         ops = resolve(req.steering or [], self.prepared.bundles, self.prepared.info.num_layers, self.limits,
                       "steering")
         return ops, probes
+
+    def resolve_decoding(self, raw: Any) -> ResolvedDecoding | None:
+        """The request's ``decoding`` checked against the model (SpecError names the field); ``None``:
+        plain decoding. Decoding does not change the KV cache, so it needs no cache salt."""
+        if raw is None:
+            return None
+        cfg = resolve_decoding(parse_decoding(raw), self.prepared.info.num_layers,
+                               tie_word_embeddings=self.tie_word_embeddings)
+        return cfg if cfg.active else None
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """The HF config's ``tie_word_embeddings`` (moves the start of DoLa's ``"low"`` bucket)."""
+        hf = getattr(getattr(self.engine, "model_config", None), "hf_config", None)
+        return bool(getattr(hf, "tie_word_embeddings", False))
 
     def _budget(self, req: Req, n_prompt: int) -> int:
         limit = self.settings.max_model_len
@@ -228,13 +245,14 @@ class Serving:
 
     def build(self, req: Req) -> Plan:
         ops, probes = self._validate_common(req)
+        decoding = self.resolve_decoding(req.decoding)
         prompts = self._prompts(req, cache_salt(ops))
         max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
         base_id = uuid.uuid4().hex
         jobs: list[Job] = []
         for i, p in enumerate(prompts):
             if not probes:
-                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None)
+                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None, decoding=decoding)
                 jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n))
                 continue
             # one engine request per choice, so that every choice has its own probe id; seeds as
@@ -242,8 +260,11 @@ class Serving:
             for j in range(req.n):
                 pid = f"{base_id}-{i}-{j}"
                 seed = None if req.seed is None else req.seed + j
-                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid), pid, i * req.n + j, pid))
+                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding), pid,
+                                i * req.n + j, pid))
         self._count_request(ops, probes)
+        if decoding is not None:
+            self.metrics.decoding_requests.labels(decoding.method).inc()
         return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts))
 
     def _count_request(self, ops: list[ResolvedOp], probes: list[str]) -> None:
