@@ -284,14 +284,16 @@ def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any)
     assert sum(c.text != texts[c.index] for c in dola.choices) >= 5
     stream = client.chat.completions.create(
         model="smollm2", messages=[{"role": "user", "content": "Who wrote the Odyssey?"}], max_tokens=6,
-        temperature=0, stream=True,
+        temperature=0, stream=True, stream_options={"include_usage": True},
         extra_body={"decoding": {"method": "contrast", "premature_layers": [4, 10, 16], "weights": [1, 2, 1],
                                  "entropy_threshold": 1.0},
                     "steering": [{"direction": "truth", "strength": 4.0}], "probes": ["truth"]},
     )
-    text, per_token = "", []
+    text, per_token, usage = "", [], None
     for ch in stream:
+        usage = ch.usage or usage
         for c in ch.choices:
             text += c.delta.content or ""
             per_token += c.model_extra["probe_scores"]["truth"]
-    assert text and len(per_token) == 6 and all(0 < x < 1 for x in per_token)
+    assert usage is not None and text and len(per_token) == usage.completion_tokens
+    assert all(0 < x < 1 for x in per_token)
