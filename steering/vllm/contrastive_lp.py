@@ -20,6 +20,7 @@ stash's) and the prompt and live output token lists (for the repetition penalty)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HeadFn = Callable[[torch.Tensor], torch.Tensor]  # [n, H] hidden -> [n, V] logits (final norm + LM head)
+NormFn = Callable[[torch.Tensor], torch.Tensor]  # [n, H] stream -> [n, H] after the model's final norm
+HeadFn = Callable[[torch.Tensor], torch.Tensor]  # [n, H] normed -> [n, V] logits (the model's LM head)
+TokenHeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # [q, H] normed, [q] token ids -> [q] logits
 
 
 @dataclass
@@ -57,12 +60,16 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         self.device = device
         self.rows: dict[int, RowState] = {}
         self.stash: HiddenStash | None = None
+        self.norm: NormFn | None = None
         self.head: HeadFn | None = None
+        self.token_head: TokenHeadFn | None = None
         self.contrasted_rows = 0  # rows contrasted so far (for tests and metrics)
         self.mismatches = 0
 
-    def attach(self, stash: HiddenStash, head: HeadFn) -> None:
-        self.stash, self.head = stash, head
+    def attach(self, stash: HiddenStash, norm: NormFn, head: HeadFn, token_head: TokenHeadFn | None = None) -> None:
+        """``token_head`` (the LM head on chosen tokens only) enables the sparse path of fixed and
+        fused contrasts; without it every row takes the full-vocabulary path."""
+        self.stash, self.norm, self.head, self.token_head = stash, norm, head, token_head
 
     def is_argmax_invariant(self) -> bool:
         return False
@@ -115,36 +122,49 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         return chosen
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.rows or self.stash is None or self.head is None:
+        if not self.rows or self.stash is None or self.norm is None or self.head is None:
             return logits
         chosen = self._selected(logits)
         if not chosen:
             return logits
-        configs = [self.rows[r].config for r in chosen]
-        idx = torch.tensor(chosen, dtype=torch.long, device=logits.device)
-        premature = premature_logits(self.stash, self.head, chosen, configs)
-        new = apply_contrast(logits[idx], premature, configs, [self.rows[r].history() for r in chosen])
-        logits[idx] = new
+        sparse = [r for r in chosen if self.token_head is not None and sparse_ok(self.rows[r].config)]
+        full = [r for r in chosen if r not in set(sparse)]
+        if full:
+            configs = [self.rows[r].config for r in full]
+            idx = torch.tensor(full, dtype=torch.long, device=logits.device)
+            premature = premature_logits(self.stash, self.norm, self.head, full, configs)
+            new = apply_contrast(logits[idx], premature, configs, [self.rows[r].history() for r in full])
+            logits[idx] = new.to(logits.dtype)
+        if sparse:
+            assert self.token_head is not None
+            idx = torch.tensor(sparse, dtype=torch.long, device=logits.device)
+            configs = [self.rows[r].config for r in sparse]
+            new = sparse_contrast(logits[idx], self.stash, self.norm, self.token_head, sparse, configs)
+            logits[idx] = new.to(logits.dtype)
         self.contrasted_rows += len(chosen)
         return logits
 
 
-def premature_logits(stash: HiddenStash, head: HeadFn, rows: list[int],
+def _normed_pairs(stash: HiddenStash, norm: NormFn, rows: list[int], configs: list[ResolvedDecoding]
+                  ) -> tuple[torch.Tensor, list[tuple[int, list[int]]]]:
+    """Final-normed stashed states of every (row, layer) pair the configs read, in one tensor,
+    grouped by layer: ``(states [pairs, H], [(layer, [row positions j])])``."""
+    pairs: list[tuple[int, int]] = [(j, k) for j, cfg in enumerate(configs) for k in cfg.layers]
+    groups = [(k, [j for j, kk in pairs if kk == k]) for k in sorted({k for _, k in pairs})]
+    hs = [stash.hidden(k, torch.tensor([rows[j] for j in js], dtype=torch.long)) for k, js in groups]
+    return norm(torch.cat(hs)), groups
+
+
+def premature_logits(stash: HiddenStash, norm: NormFn, head: HeadFn, rows: list[int],
                      configs: list[ResolvedDecoding]) -> dict[int, torch.Tensor]:
     """LM head (after the final norm) on the stashed states of the (row, layer) pairs that the
     configs read, in ONE batched call; ``{layer: [len(rows), V]}`` (rows that do not read a layer
     hold zeros there, which :func:`apply_contrast` never reads)."""
-    pairs: list[tuple[int, int]] = [(j, k) for j, cfg in enumerate(configs) for k in cfg.layers]
-    layers = sorted({k for _, k in pairs})
-    hs = []
-    for k in layers:
-        js = [j for j, kk in pairs if kk == k]
-        hs.append(stash.hidden(k, torch.tensor([rows[j] for j in js], dtype=torch.long)))
-    logits = head(torch.cat(hs)).float()
+    normed, groups = _normed_pairs(stash, norm, rows, configs)
+    logits = head(normed).float()
     out: dict[int, torch.Tensor] = {}
     start = 0
-    for k in layers:
-        js = [j for j, kk in pairs if kk == k]
+    for k, js in groups:
         block = logits[start : start + len(js)]
         start += len(js)
         if len(js) == len(rows):
@@ -153,6 +173,63 @@ def premature_logits(stash: HiddenStash, head: HeadFn, rows: list[int],
             full = torch.zeros(len(rows), block.shape[1], dtype=block.dtype, device=block.device)
             full[torch.tensor(js, dtype=torch.long, device=block.device)] = block
             out[k] = full
+    return out
+
+
+def sparse_ok(cfg: ResolvedDecoding) -> bool:
+    """Whether a config can take the sparse path: a fixed or fused contrast (DoLa with a single
+    candidate is a fixed contrast) without a repetition penalty (see :func:`sparse_contrast`)."""
+    return cfg.repetition_penalty == 1.0 and (cfg.method == "contrast" or len(cfg.layers) == 1)
+
+
+def sparse_contrast(final_logits: torch.Tensor, stash: HiddenStash, norm: NormFn, token_head: TokenHeadFn,
+                    rows: list[int], configs: list[ResolvedDecoding]) -> torch.Tensor:
+    """Fixed / fused contrast reading the premature layers only at the plausible tokens.
+
+    With ``z_j`` layer ``j``'s logits and ``lse_j`` their log-normaliser, the contrast on a
+    plausible token is ``sum_j w_j (log q_N(x) - z_j(x) + lse_j)``. The last term is one constant
+    per row: every sampler step after the logits processors (temperature, top-k/top-p/min-p,
+    additive OpenAI penalties, logit bias, argmax) is invariant to adding a constant to all the
+    finite logits of a row, so it is dropped, and the premature logits are needed only at the few
+    plausible tokens, not over the whole vocabulary. The repetition penalty scales positive and
+    negative scores differently, so it is not shift-invariant: :func:`sparse_ok` sends those rows,
+    and DoLa's layer selection (which needs the full distributions for the JSD), to the full path.
+    Scores equal :func:`apply_contrast`'s minus ``sum_j w_j lse_j`` per row (tested); ``-inf``
+    outside the plausible set as there.
+    """
+    final_logp = log_softmax(final_logits)
+    log_alpha = torch.tensor([[math.log(c.alpha)] for c in configs], dtype=final_logp.dtype, device=final_logp.device)
+    mask = final_logp >= final_logp.max(dim=-1, keepdim=True).values + log_alpha  # plausibility_mask per row
+    ri, ti = mask.nonzero(as_tuple=True)
+    normed, groups = _normed_pairs(stash, norm, rows, configs)
+    # pair index and weight of (row j, its i-th layer); -1 / 0 where a row has fewer layers
+    width = max(len(c.layers) for c in configs)
+    where = {(j, k): start + n for (k, js), start in zip(groups, _offsets(groups), strict=True)
+             for n, j in enumerate(js)}
+    pair = torch.full((len(configs), width), -1, dtype=torch.long)
+    weight = torch.zeros(len(configs), width, dtype=torch.float32)
+    for j, c in enumerate(configs):
+        ws = c.weights if c.weights else (1.0,) * len(c.layers)
+        for i, (k, w) in enumerate(zip(c.layers, ws, strict=True)):
+            pair[j, i], weight[j, i] = where[(j, k)], w
+    ri_cpu, ti_cpu = ri.cpu(), ti.cpu()
+    p_idx, p_w = pair[ri_cpu], weight[ri_cpu]  # [P, width]
+    valid = p_idx >= 0
+    tokens = ti_cpu.unsqueeze(1).expand_as(p_idx)[valid]
+    z = token_head(normed[p_idx[valid].to(normed.device)], tokens.to(normed.device)).float()
+    contrib = torch.zeros(p_idx.shape, dtype=torch.float32, device=z.device)
+    contrib[valid.to(z.device)] = z * p_w[valid].to(z.device)
+    scores = torch.full_like(final_logp, -math.inf)
+    wsum = p_w.sum(1).to(final_logp.device)
+    scores[ri, ti] = wsum * final_logp[ri, ti] - contrib.sum(1).to(final_logp.device)
+    return scores
+
+
+def _offsets(groups: list[tuple[int, list[int]]]) -> list[int]:
+    out, start = [], 0
+    for _, js in groups:
+        out.append(start)
+        start += len(js)
     return out
 
 
@@ -194,14 +271,45 @@ def install(runner: Any) -> HiddenStash | None:
     norm = final_norm(model, layers)
     stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype)
 
-    def head(h: torch.Tensor) -> torch.Tensor:
+    def normed(h: torch.Tensor) -> torch.Tensor:
         out = norm(h)
         if isinstance(out, tuple):  # norms that also return the residual
             out = out[0]
-        logits = model.compute_logits(out)
+        return out  # type: ignore[no-any-return]
+
+    def head(h: torch.Tensor) -> torch.Tensor:
+        logits = model.compute_logits(h)
         assert logits is not None  # None only on non-last pipeline stages, which sample nothing
         return logits  # type: ignore[no-any-return]
 
-    proc.attach(stash, head)
+    proc.attach(stash, normed, head, token_head(model))
     log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d rows)", len(layers) - 1, stash.max_reqs)
     return stash
+
+
+def token_head(model: nn.Module) -> TokenHeadFn | None:
+    """The LM head on chosen tokens only: ``z[q] = w[token[q]] . h[q]`` with vLLM's soft cap and
+    scale (elementwise, as ``LogitsProcessor.forward`` applies them). Only for a plain,
+    unsharded, unquantized head in the model's dtype; ``None`` (full path) otherwise."""
+    lm_head, lp = getattr(model, "lm_head", None), getattr(model, "logits_processor", None)
+    weight = getattr(lm_head, "weight", None)
+    if lm_head is None or lp is None or not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return None
+    if type(getattr(lm_head, "quant_method", None)).__name__ != "UnquantizedEmbeddingMethod":
+        return None
+    if int(getattr(lm_head, "tp_size", 1)) != 1 or getattr(lp, "logits_as_input", False):
+        return None
+    if getattr(lp, "head_dtype", None) not in (None, weight.dtype) or getattr(lm_head, "bias", None) is not None:
+        return None
+    soft_cap, scale = getattr(lp, "soft_cap", None), float(getattr(lp, "scale", 1.0))
+
+    def fn(h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        w = weight.index_select(0, tokens)
+        z = (h.to(w.dtype) * w).sum(-1)
+        if soft_cap is not None:
+            z = torch.tanh(z / soft_cap) * soft_cap
+        if scale != 1.0:
+            z = z * scale
+        return z
+
+    return fn

@@ -169,12 +169,19 @@ def setup_step(rows: int = 5) -> tuple[torch.Tensor, dict[int, torch.Tensor], to
     return logits, hidden, w, scale
 
 
-def head_fn(w: torch.Tensor, scale: torch.Tensor) -> Any:
-    def head(h: torch.Tensor) -> torch.Tensor:
-        normed = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
-        return normed @ w.t()
+def norm_fn(scale: torch.Tensor) -> Any:
+    return lambda h: h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * scale
 
-    return head
+
+def head_fn(w: torch.Tensor, scale: torch.Tensor) -> Any:
+    """Final norm + LM head in one (what the processor computes for a premature layer)."""
+    return lambda h: norm_fn(scale)(h) @ w.t()
+
+
+def attach(lp: ContrastiveLogitsProcessor, configs: list[ResolvedDecoding | None], hidden: dict[int, torch.Tensor],
+           w: torch.Tensor, scale: torch.Tensor, sparse: bool = False) -> None:
+    token_head = (lambda h, t: (h * w[t]).sum(-1)) if sparse else None
+    lp.attach(FakeStash(configs, hidden), norm_fn(scale), lambda h: h @ w.t(), token_head)  # type: ignore[arg-type]
 
 
 def test_processor_rows_match_apply_contrast_and_other_rows_are_untouched() -> None:
@@ -185,7 +192,7 @@ def test_processor_rows_match_apply_contrast_and_other_rows_are_untouched() -> N
     prompts = [[1, 2], [3], [4, 4, 9], [5], [6]]
     outputs: list[list[int]] = [[7], [], [2], [], [1]]
     lp.update_state(BatchUpdate(5, [], [(i, params(c), prompts[i], outputs[i]) for i, c in enumerate(configs)], []))
-    lp.attach(FakeStash(configs, hidden), head)  # type: ignore[arg-type]
+    attach(lp, configs, hidden, w, scale)
     original = logits.clone()
     got = lp.apply(logits)
     assert got is logits  # in place, as vLLM allows
@@ -213,7 +220,7 @@ def test_processor_follows_removes_moves_swaps_and_live_output_lists() -> None:
     lp.update_state(BatchUpdate(3, [], [(0, params(pen), [5], out_a)], []))
     out_a.extend([4, 6])  # vLLM appends to the live list between steps
     configs: list[ResolvedDecoding | None] = [pen, FIXED, None]
-    lp.attach(FakeStash(configs, hidden), head)  # type: ignore[arg-type]
+    attach(lp, configs, hidden, w, scale)
     original = logits.clone()
     got = lp.apply(logits.clone())
     expected = apply_contrast(original, {k: head(hidden[k]) for k in range(L)}, configs, [[5, 4, 6], [3], [9]])
@@ -228,7 +235,7 @@ def test_processor_leaves_rows_alone_when_the_stash_disagrees_or_the_gate_holds(
     lp.update_state(BatchUpdate(3, [], [(0, params(DOLA), [1], []), (1, params(gate), [1], []),
                                         (2, params(None), [1], [])], []))
     # the stash has no config for row 0 (partial prefill) and a different one for row 2
-    lp.attach(FakeStash([None, gate, FIXED], hidden), head_fn(w, scale))  # type: ignore[arg-type]
+    attach(lp, [None, gate, FIXED], hidden, w, scale)
     original = logits.clone()
     got = lp.apply(logits)
     assert torch.equal(got, original)
@@ -242,12 +249,40 @@ def test_premature_logits_compute_only_the_pairs_used_in_one_call() -> None:
 
     def head(h: torch.Tensor) -> torch.Tensor:
         calls.append(h.shape[0])
-        return base(h)
+        return h @ w.t()
 
     configs = [DOLA, FIXED, DOLA]  # layers (1, 3), (0,), (1, 3)
-    out = premature_logits(FakeStash([], hidden), head, [3, 0, 2], configs)  # type: ignore[arg-type]
+    out = premature_logits(FakeStash([], hidden), norm_fn(scale), head, [3, 0, 2], configs)  # type: ignore[arg-type]
     assert calls == [5] and sorted(out) == [0, 1, 3]
     assert torch.allclose(out[1][[0, 2]], base(hidden[1][[3, 2]]), atol=1e-5)
     assert torch.allclose(out[0][1], base(hidden[0][[0]])[0], atol=1e-5)
     assert torch.equal(out[0][0], torch.zeros(V)) and torch.equal(out[3][1], torch.zeros(V))
     assert math.isfinite(float(out[3].sum()))
+
+
+def test_sparse_contrast_equals_the_full_one_up_to_a_constant_per_row() -> None:
+    """The per-row log-normaliser of the premature layers cancels in the sampler: the sparse path's
+    scores are the full path's minus one constant per row, with the same -inf set and argmax."""
+    logits, hidden, w, scale = setup_step(6)
+    one = ResolvedDecoding("dola", (2,), alpha=0.05)  # DoLa with one candidate: a fixed contrast
+    wide = ResolvedDecoding("contrast", (0, 1, 3), (0.2, 0.3, 0.5), alpha=0.01)
+    configs: list[ResolvedDecoding | None] = [FUSED, None, one, wide, DOLA, FIXED]  # DOLA, FIXED: full path
+    histories = [[1], [2], [3], [4], [5], [6, 2]]
+    full, sparse = processor(), processor()
+    for lp, sp in ((full, False), (sparse, True)):
+        lp.update_state(BatchUpdate(6, [], [(i, params(c), histories[i], []) for i, c in enumerate(configs)], []))
+        attach(lp, configs, hidden, w, scale, sparse=sp)
+    a, b = full.apply(logits.clone()), sparse.apply(logits.clone())
+    assert torch.equal(a[1], logits[1]) and torch.equal(b[1], logits[1])
+    assert torch.equal(a[4:], b[4:])  # DoLa over several layers and the repetition penalty: full path in both
+    for r in (0, 2, 3):
+        finite = torch.isfinite(a[r])
+        assert torch.equal(finite, torch.isfinite(b[r])) and int(finite.sum()) >= 1
+        shift = a[r][finite] - b[r][finite]
+        cfg = configs[r]
+        assert cfg is not None
+        ws = cfg.weights or (1.0,)
+        lse = sum(wk * torch.logsumexp(head_fn(w, scale)(hidden[k][r]), -1) for wk, k in zip(ws, cfg.layers, strict=True))
+        assert torch.allclose(shift, torch.full_like(shift, float(lse)), atol=1e-4), r
+        assert int(a[r].argmax()) == int(b[r].argmax())
+        assert torch.allclose(torch.softmax(a[r], -1), torch.softmax(b[r], -1), atol=1e-6)
