@@ -63,7 +63,8 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         self.norm: NormFn | None = None
         self.head: HeadFn | None = None
         self.token_head: TokenHeadFn | None = None
-        self.contrasted_rows = 0  # rows contrasted so far (for tests and metrics)
+        self.contrasted_rows = 0  # row-steps contrasted so far (for tests and metrics)
+        self.sparse_rows = 0  # of which through the sparse path
         self.mismatches = 0
 
     def attach(self, stash: HiddenStash, norm: NormFn, head: HeadFn, token_head: TokenHeadFn | None = None) -> None:
@@ -141,6 +142,7 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
             configs = [self.rows[r].config for r in sparse]
             new = sparse_contrast(logits[idx], self.stash, self.norm, self.token_head, sparse, configs)
             logits[idx] = new.to(logits.dtype)
+            self.sparse_rows += len(sparse)
         self.contrasted_rows += len(chosen)
         return logits
 
@@ -233,6 +235,15 @@ def _offsets(groups: list[tuple[int, list[int]]]) -> list[int]:
     return out
 
 
+def stats(runner: Any) -> dict[str, Any] | None:
+    """Counters of the runner's processor and stash (``None`` without contrastive decoding)."""
+    proc, stash = find_processor(runner), getattr(runner, "truthsteer_stash", None)
+    if proc is None or stash is None:
+        return None
+    return {"contrasted_rows": proc.contrasted_rows, "sparse_rows": proc.sparse_rows,
+            "sparse_path": proc.token_head is not None, "mismatches": proc.mismatches, "rejected": stash.rejected}
+
+
 def find_processor(runner: Any) -> ContrastiveLogitsProcessor | None:
     """The runner's instance (built from the engine kwarg ``logits_processors``), if any."""
     procs = getattr(getattr(runner, "input_batch", None), "logitsprocs", None)
@@ -282,8 +293,10 @@ def install(runner: Any) -> HiddenStash | None:
         assert logits is not None  # None only on non-last pipeline stages, which sample nothing
         return logits  # type: ignore[no-any-return]
 
-    proc.attach(stash, normed, head, token_head(model))
-    log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d rows)", len(layers) - 1, stash.max_reqs)
+    sparse = token_head(model)
+    proc.attach(stash, normed, head, sparse)
+    log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d rows), sparse contrast path %s",
+             len(layers) - 1, stash.max_reqs, "on" if sparse is not None else "off (plain LM head not found)")
     return stash
 
 

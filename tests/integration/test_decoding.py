@@ -66,9 +66,14 @@ def test_greedy_dola_high_matches_the_hf_reference_on_ten_prompts(steered: Any, 
 )
 def test_contrast_variants_match_the_hf_reference(steered: Any, hf_model: Any, raw: dict[str, Any]) -> None:
     prompts = PROMPTS[:3]
+    (before,) = steered.llm.collective_rpc("truthsteer_decoding_stats")
     got = _vllm_tokens(steered, prompts, raw)
+    (after,) = steered.llm.collective_rpc("truthsteer_decoding_stats")
     for prompt, tokens in zip(prompts, got, strict=True):
         assert tokens == _reference(steered, hf_model, prompt, raw), prompt
+    assert after["sparse_path"] and after["mismatches"] == 0 and after["contrasted_rows"] > before["contrasted_rows"]
+    sparse = raw["method"] == "contrast"  # the fixed and fused contrasts take the sparse path, DoLa does not
+    assert (after["sparse_rows"] > before["sparse_rows"]) == sparse
 
 
 def test_entropy_gate_keeps_confident_steps_and_a_huge_threshold_is_plain(steered: Any) -> None:
