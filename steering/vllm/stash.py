@@ -125,6 +125,8 @@ class HiddenStash:
             self.rows_np[:n] = np.maximum(qsl[1 : n + 1].astype(np.int64) - 1, 0)
             self.rows_np[n:] = 0
             self.rows.copy_(torch.from_numpy(self.rows_np))
+        elif self._on:
+            self.rows.zero_()  # accelerators copy every row every step: keep indices in range of any step
         for k in on | self._on:
             self.actives[k].fill_(n if k in on else 0)
         self._on = on
