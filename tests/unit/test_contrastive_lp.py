@@ -102,6 +102,7 @@ def test_stash_is_inert_when_no_request_contrasts() -> None:
     before = stash.outs[1].clone()
     stash_step(stash, [decoding_req("b", 2, 0, 2, None)])  # the next step: nobody contrasts
     assert all(int(a) == 0 for a in stash.actives.values())
+    assert torch.equal(stash.rows, torch.zeros(4, dtype=torch.int64))  # in range for any later step
     y = torch.randn(2, H, generator=g)
     assert torch.equal(model(y), toy_streams(y)[-1])  # hooks never change the stream
     assert torch.equal(stash.outs[1], before)
