@@ -51,7 +51,7 @@ def hf_dola(model_path: str, prompts: list[str], tokens: int, raw: dict[str, Any
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
     cfg = resolve_decoding(parse_decoding(raw), model.config.num_hidden_layers,
                            tie_word_embeddings=bool(model.config.tie_word_embeddings))
     head, norm = model.get_output_embeddings(), model.model.norm
