@@ -75,6 +75,7 @@ deploy-check: install prometheus-tools
 bench: model
 	$(BIN)/python -m bench.steering
 	$(BIN)/python -m bench.http_probes
+	$(BIN)/python -m bench.dola
 	$(BIN)/python -m bench.loadgen
 
 bench-quick: model

@@ -86,11 +86,14 @@ def finish_choice(serving: Serving, req: Req, plan: Plan, st: ChoiceState, choic
     """Probe summary, interventions and abstention of a finished choice (mutates ``choice``)."""
     if plan.probes:
         choice["probe_scores"] = probe_summary(serving, st, plan.probes)
-    if plan.ops or req.decoding is not None:
-        iv = interventions(plan.ops, req.decoding, len(st.token_ids), st.steered)
+    dec = plan.decoding if plan.decoding is not None and plan.decoding.active else None
+    if plan.ops or dec is not None:
+        iv = interventions(plan.ops, dec, len(st.token_ids), st.steered)
         choice["interventions"] = iv
         for d in sorted({op.direction for op in plan.ops}):
             serving.metrics.intervention_tokens.labels(d, "steered").inc(iv["steered_tokens"])
+        if dec is not None and iv["contrasted_tokens"]:
+            serving.metrics.intervention_tokens.labels(dec.method, "contrasted").inc(iv["contrasted_tokens"])
     ab = plan.abstain
     if ab is not None:
         decision = decide_abstain(st.scores.get(ab.probe, []), ab.below, ab.reduce)

@@ -91,7 +91,12 @@ class _Common(_Req):
         "then send each choice whole, in its final chunk)",
     )
     decoding: dict[str, Any] | None = Field(
-        default=None, description="truthsteer: contrastive decoding (not available yet; rejected)"
+        default=None,
+        description="truthsteer: contrastive lower-layer decoding, e.g. "
+        '{"method": "dola", "premature_layers": "high"} or '
+        '{"method": "contrast", "premature_layers": [4, 10], "weights": [1, 2], "entropy_threshold": 2.0} '
+        "(fields: method, premature_layers, weights, alpha, entropy_threshold, repetition_penalty; see "
+        "docs/decoding.md)",
     )
 
     @field_validator("temperature", "top_p", "presence_penalty", "frequency_penalty")

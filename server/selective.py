@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from steering.decoding_spec import ResolvedDecoding
 from steering.spec import ResolvedOp
 
 
@@ -45,8 +46,10 @@ def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, bool] | None)
     return 1  # prompt only: the first token is sampled from the last prompt position
 
 
-def interventions(ops: list[ResolvedOp], decoding: Any, n: int, flags: dict[int, bool] | None) -> dict[str, Any]:
+def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: int,
+                  flags: dict[int, bool] | None) -> dict[str, Any]:
+    """``contrasted_tokens`` is ``None`` (unknown here) when an entropy gate decides per step."""
     contrasted: int | None = 0
     if decoding is not None:
-        contrasted = n if getattr(decoding, "entropy_threshold", None) is None else None
+        contrasted = n if decoding.entropy_threshold is None else None
     return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}

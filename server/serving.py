@@ -21,6 +21,8 @@ from server.metrics import Metrics
 from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
+from steering.decoding_spec import WIRE_KEY as DECODING_KEY
+from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
@@ -72,6 +74,7 @@ class Plan:
     n_prompt_tokens: int = 0
     scored: list[str] = field(default_factory=list)  # read from the worker (probes + abstain probe)
     abstain: Abstain | None = None
+    decoding: ResolvedDecoding | None = None
 
 
 def default_model_name(model: str | None, prepared: PreparedEngine) -> str:
@@ -154,7 +157,7 @@ class Serving:
 
     # ------------------------------------------------------------------ request building
     def sampling(self, req: Req, max_tokens: int, ops: list[ResolvedOp], n: int, seed: int | None,
-                 probe_id: str | None, prompt_scores: bool = False) -> Any:
+                 probe_id: str | None, prompt_scores: bool = False, decoding: ResolvedDecoding | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -170,6 +173,8 @@ class Serving:
             ext["steering"] = wire(ops)
         if probe_id:
             ext["probes"] = {"id": probe_id, "prompt": prompt_scores}
+        if decoding is not None:
+            ext[DECODING_KEY] = decoding.to_wire()
         try:
             return SamplingParams(
                 n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
@@ -184,8 +189,6 @@ class Serving:
         self.check_model(req.model)
         if req.n > self.settings.max_n:
             raise bad_request(f"n must be <= {self.settings.max_n}", "n", "invalid_value")
-        if req.decoding is not None:
-            raise bad_request("contrastive decoding is not available on this server yet", "decoding", "unsupported")
         probes = select_probes(req.probes, self.probes)
         if probes and self.receiver is None:
             raise APIError(503, "probe scores are unavailable: the probe channel is not connected",
@@ -193,6 +196,21 @@ class Serving:
         ops = resolve(req.steering or [], self.prepared.bundles, self.prepared.info.num_layers, self.limits,
                       "steering")
         return ops, probes
+
+    def resolve_decoding(self, raw: Any) -> ResolvedDecoding | None:
+        """The request's ``decoding`` checked against the model (SpecError names the field); ``None``:
+        plain decoding. Decoding does not change the KV cache, so it needs no cache salt."""
+        if raw is None:
+            return None
+        cfg = resolve_decoding(parse_decoding(raw), self.prepared.info.num_layers,
+                               tie_word_embeddings=self.tie_word_embeddings)
+        return cfg if cfg.active else None
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        """The HF config's ``tie_word_embeddings`` (moves the start of DoLa's ``"low"`` bucket)."""
+        hf = getattr(getattr(self.engine, "model_config", None), "hf_config", None)
+        return bool(getattr(hf, "tie_word_embeddings", False))
 
     def _budget(self, req: Req, n_prompt: int) -> int:
         limit = self.settings.max_model_len
@@ -235,6 +253,7 @@ class Serving:
 
     def build(self, req: Req) -> Plan:
         ops, probes = self._validate_common(req)
+        decoding = self.resolve_decoding(req.decoding)
         scored = list(probes)
         if req.abstain is not None:
             if req.abstain.probe not in self.probes:
@@ -255,7 +274,7 @@ class Serving:
         jobs: list[Job] = []
         for i, p in enumerate(prompts):
             if not (scored or gated):
-                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None)
+                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None, decoding=decoding)
                 jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n))
                 continue
             # one engine request per choice, so that every choice has its own probe id; seeds as
@@ -263,10 +282,12 @@ class Serving:
             for j in range(req.n):
                 pid = f"{base_id}-{i}-{j}"
                 seed = None if req.seed is None else req.seed + j
-                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid), pid, i * req.n + j, pid))
+                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding), pid,
+                                i * req.n + j, pid))
         self._count_request(ops, probes)
-        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain)
-
+        if decoding is not None:
+            self.metrics.decoding_requests.labels(decoding.method).inc()
+        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain, decoding)
 
     def _count_request(self, ops: list[ResolvedOp], probes: list[str]) -> None:
         m = self.metrics

@@ -17,6 +17,7 @@ from steering.model_info import ModelInfo, describe
 from steering.models import resolve_model
 from steering.vllm.config import WorkerConfig
 
+CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
 DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
 
 
@@ -101,6 +102,8 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)
         kwargs["worker_extension_cls"] = "steering.vllm.worker_ext.TruthsteerWorkerExtension"
+        # contrastive decoding (``decoding``): inert for requests that do not ask for it
+        kwargs["logits_processors"] = [CONTRASTIVE_LOGITS_PROCESSOR]
     kwargs.update(opts.extra)
     return PreparedEngine(model_path, info, bundles, kwargs)
 

@@ -7,6 +7,10 @@
 ``steering`` is one spec for every prompt or a list with one spec (or ``None``) per prompt; a spec
 is a list of :class:`~steering.spec.SteeringOp` (or dicts, or ``"truth:+4"`` shorthands). Specs are
 validated here, before anything reaches the engine.
+
+``decoding`` (contrastive lower-layer decoding, see docs/decoding.md) is likewise one spec for
+every prompt or a list with one (or ``None``) per prompt; a spec is a
+:class:`~steering.decoding_spec.DecodingSpec` or its dict, e.g. ``{"method": "dola"}``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from steering.decoding_spec import WIRE_KEY as DECODING_KEY
+from steering.decoding_spec import DecodingSpec, ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.errors import SpecError
 from steering.spec import (
@@ -30,6 +36,7 @@ from steering.spec import (
 
 OpLike = SteeringOp | dict[str, Any] | str
 Spec = Sequence[OpLike] | None
+DecodingLike = DecodingSpec | dict[str, Any] | None
 
 _SHORT = re.compile(
     r"^(?P<dir>[A-Za-z0-9][A-Za-z0-9_.-]*):"
@@ -92,15 +99,41 @@ class SteeredLLM:
     def resolve(self, spec: Spec, param: str = "steering") -> list[ResolvedOp]:
         return resolve(to_ops(spec, param), self.prepared.bundles, self.prepared.info.num_layers, self.limits, param)
 
-    def build_request(self, prompt: Any, params: Any, spec: Spec, param: str = "steering") -> tuple[Any, Any]:
-        """Attach a validated spec to one prompt: ``(prompt with cache salt, sampling params)``."""
+    def resolve_decoding(self, spec: DecodingLike, param: str = "decoding") -> ResolvedDecoding | None:
+        """Validate a decoding spec against the model; ``None`` for plain decoding."""
+        if spec is None:
+            return None
+        parsed = spec if isinstance(spec, DecodingSpec) else parse_decoding(spec, param)
+        info = self.prepared.info
+        cfg = resolve_decoding(parsed, info.num_layers, tie_word_embeddings=self.tie_word_embeddings, param=param)
+        return cfg if cfg.active else None
+
+    @property
+    def tie_word_embeddings(self) -> bool:
+        hf = self.llm.llm_engine.model_config.hf_config
+        return bool(getattr(hf, "tie_word_embeddings", False))
+
+    def build_request(self, prompt: Any, params: Any, spec: Spec, param: str = "steering",
+                      decoding: DecodingLike = None, decoding_param: str = "decoding") -> tuple[Any, Any]:
+        """Attach validated specs to one prompt: ``(prompt with cache salt, sampling params)``.
+
+        Contrastive decoding does not change the KV cache, so it needs no cache salt.
+        """
         ops = self.resolve(spec, param)
-        if not ops:
+        dec = self.resolve_decoding(decoding, decoding_param)
+        if not ops and dec is None:
             return prompt, params
         p = params.clone()
         extra = dict(p.extra_args or {})
-        extra[EXTRA_ARGS_KEY] = {**extra.get(EXTRA_ARGS_KEY, {}), "steering": wire(ops)}
+        ours = dict(extra.get(EXTRA_ARGS_KEY, {}))
+        if ops:
+            ours["steering"] = wire(ops)
+        if dec is not None:
+            ours[DECODING_KEY] = dec.to_wire()
+        extra[EXTRA_ARGS_KEY] = ours
         p.extra_args = extra
+        if not ops:
+            return prompt, p
         prompt_dict = {"prompt": prompt} if isinstance(prompt, str) else dict(prompt)
         prompt_dict["cache_salt"] = cache_salt(ops)
         return prompt_dict, p
@@ -111,13 +144,18 @@ class SteeredLLM:
         sampling_params: Any = None,
         steering: Spec | Sequence[Spec] = None,
         use_tqdm: bool = False,
+        decoding: DecodingLike | Sequence[DecodingLike] = None,
     ) -> list[Any]:
         from vllm import SamplingParams
 
         plist = [prompts] if isinstance(prompts, str) else list(prompts)
         params = sampling_params or SamplingParams()
         per_prompt = _per_prompt(steering, len(plist))
-        reqs = [self.build_request(p, params, s, f"steering[{i}]") for i, (p, s) in enumerate(zip(plist, per_prompt, strict=True))]
+        per_decoding = _per_prompt_decoding(decoding, len(plist))
+        reqs = [
+            self.build_request(p, params, s, f"steering[{i}]", d, f"decoding[{i}]")
+            for i, (p, s, d) in enumerate(zip(plist, per_prompt, per_decoding, strict=True))
+        ]
         return list(self.llm.generate([r[0] for r in reqs], [r[1] for r in reqs], use_tqdm=use_tqdm))
 
 
@@ -130,3 +168,12 @@ def _per_prompt(steering: Spec | Sequence[Spec], n: int) -> list[Spec]:
             raise SpecError(f"got {len(items)} steering specs for {n} prompts", "steering")
         return items  # type: ignore[return-value]
     return [items] * n  # type: ignore[list-item]
+
+
+def _per_prompt_decoding(decoding: DecodingLike | Sequence[DecodingLike], n: int) -> list[DecodingLike]:
+    if decoding is None or isinstance(decoding, (DecodingSpec, dict)):
+        return [decoding] * n
+    items = list(decoding)
+    if len(items) != n:
+        raise SpecError(f"got {len(items)} decoding specs for {n} prompts", "decoding")
+    return items

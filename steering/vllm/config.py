@@ -19,7 +19,7 @@ class WorkerConfig(BaseModel):
     directions: list[str] = Field(default_factory=list, description="bundle files to load")
     max_ops_per_layer: int = Field(default=4, ge=1, le=16)
     force: bool = False
-    plugin_version: int = 1  # bump when the graph the plugin builds changes
+    plugin_version: int = 2  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:
         return {ADDITIONAL_CONFIG_KEY: self.model_dump()}

@@ -107,3 +107,64 @@ def probe_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
     else:
         hidden, residual = output, torch.zeros_like(output)
     torch.ops.truthsteer.probe(hidden, residual, module._ts_pw, module._ts_pb, module._ts_pout, module._ts_pactive)
+
+
+@torch.library.custom_op("truthsteer::stash", mutates_args=("out",))
+def stash(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    rows: torch.Tensor,
+    out: torch.Tensor,
+    active: torch.Tensor,
+) -> None:
+    """Copy the stream (``hidden + residual``) at token rows ``rows`` into ``out`` (``[max_reqs, H]``).
+
+    Used by contrastive decoding to keep one premature layer's hidden state of each request's
+    sampling position. ``rows[i]`` is the token row of batch row ``i``; ``active`` (1-element CPU
+    int32) is how many batch rows to copy: on CPU the op copies ``active`` rows and is skipped when
+    it is 0 (no request of this step reads this layer); on accelerators it copies every row so that
+    a captured CUDA graph stays correct whatever the next step holds (the runtime keeps ``rows``
+    valid token indices).
+    """
+    if hidden.device.type == "cpu":
+        n = int(active.item())
+        if n == 0:
+            return
+    else:
+        n = rows.shape[0]
+    idx = rows[:n]
+    picked = hidden.index_select(0, idx)
+    if residual is not None:
+        picked = picked + residual.index_select(0, idx)
+    out[:n].copy_(picked)
+
+
+@stash.register_fake
+def _stash_fake(
+    hidden: torch.Tensor,
+    residual: torch.Tensor | None,
+    rows: torch.Tensor,
+    out: torch.Tensor,
+    active: torch.Tensor,
+) -> None:
+    return None
+
+
+def stash_hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+    """Forward hook (after steering and probes): stash decoder layer ``k``'s output stream, i.e.
+    premature layer ``k + 1``."""
+    if isinstance(output, tuple):
+        hidden, residual = output[0], output[1]
+    else:
+        hidden, residual = output, None
+    torch.ops.truthsteer.stash(hidden, residual, module._ts_srows, module._ts_sout, module._ts_sactive)
+
+
+def stash_pre_hook(module: torch.nn.Module, args: Any) -> None:
+    """Forward pre-hook on decoder layer 0: stash its input stream (premature layer 0, the
+    embeddings). vLLM layers take ``(positions, hidden_states, residual)``: the floating-point
+    tensor arguments are the hidden states and, when present, the residual (``None`` at layer 0).
+    The filter depends only on types, so it is resolved once at trace time."""
+    floats = [a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    residual = floats[1] if len(floats) > 1 else None
+    torch.ops.truthsteer.stash(floats[0], residual, module._ts_srows, module._ts_sout0, module._ts_sactive0)

@@ -32,6 +32,10 @@ def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
         cfg = WorkerConfig.from_vllm_config(self.vllm_config)
         if cfg is not None and getattr(self, "truthsteer", None) is None:
             self.truthsteer = SteeringRuntime.install(self, cfg)
+            from steering.vllm import contrastive_lp
+
+            # after the steering and probe hooks: the stash reads the steered stream
+            self.truthsteer_stash = contrastive_lp.install(self)
         return out
 
     setattr(load_model, _PATCHED, True)
@@ -45,6 +49,12 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
         if runtime is None:
             return fn(self, *args, **kwargs)
         runtime.prepare_step(self)
+        stash = getattr(self, "truthsteer_stash", None)
+        if stash is not None:
+            ib = self.input_batch
+            n = int(ib.num_reqs)
+            stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
+                          ib.num_computed_tokens_cpu)
         out = fn(self, *args, **kwargs)
         runtime.finish_step()
         return out

@@ -12,3 +12,9 @@ class TruthsteerWorkerExtension:
         """Where this worker publishes probe rows (``None`` on ranks that do not publish)."""
         runtime = getattr(self.model_runner, "truthsteer", None)
         return runtime.probe_address if runtime is not None else None
+
+    def truthsteer_decoding_stats(self) -> dict[str, Any] | None:
+        """Counters of contrastive decoding on this worker (rows contrasted, sparse path in use)."""
+        from steering.vllm.contrastive_lp import stats
+
+        return stats(self.model_runner)

@@ -99,7 +99,7 @@ def test_completions_stream_n_stop_logprobs(client: Any) -> None:
         ({"steering": [{"direction": "honesty"}]}, "steering[0].direction"),
         ({"steering": [{"direction": "truth", "layers": [99]}]}, "steering[0].layers"),
         ({"steering": [{"direction": "truth", "strength": 1e9}]}, "steering[0].strength"),
-        ({"decoding": {"method": "dola"}}, "decoding"),
+        ({"decoding": {"method": "dola", "premature_layers": [30]}}, "decoding.premature_layers"),
         ({"max_tokens": 100000}, "max_tokens"),
         ({"temperature": -1}, "temperature"),
         ({"n": 1000}, "n"),
@@ -295,3 +295,28 @@ def test_probe_gated_steering_and_abstention(client: Any) -> None:
     assert abstained == "Not sure." and ch.finish_reason == "abstained" and ch.model_extra["abstain"]["original"] == base
     kept, ch = text(abstain={"probe": "truth", "below": -1.0})
     assert kept == base and ch.finish_reason != "abstained"
+
+
+def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any) -> None:
+    from tests.integration.test_dola_reference import PROMPTS
+
+    kw: dict[str, Any] = {"model": "smollm2", "prompt": PROMPTS, "max_tokens": 16, "temperature": 0}
+    plain = client.completions.create(**kw)
+    dola = client.completions.create(**kw, extra_body={"decoding": {"method": "dola", "premature_layers": "high"}})
+    texts = {c.index: c.text for c in plain.choices}
+    assert sum(c.text != texts[c.index] for c in dola.choices) >= 5
+    stream = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Who wrote the Odyssey?"}], max_tokens=6,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"decoding": {"method": "contrast", "premature_layers": [4, 10, 16], "weights": [1, 2, 1],
+                                 "entropy_threshold": 1.0},
+                    "steering": [{"direction": "truth", "strength": 4.0}], "probes": ["truth"]},
+    )
+    text, per_token, usage = "", [], None
+    for ch in stream:
+        usage = ch.usage or usage
+        for c in ch.choices:
+            text += c.delta.content or ""
+            per_token += c.model_extra["probe_scores"]["truth"]
+    assert usage is not None and text and len(per_token) == usage.completion_tokens
+    assert all(0 < x < 1 for x in per_token)

@@ -124,6 +124,30 @@ def test_completion_shape_and_steering_reaches_the_engine(app_client: Any) -> No
     assert "cache_salt" not in prompt and not params.extra_args
 
 
+def test_decoding_reaches_the_engine_on_both_endpoints_without_cache_salt(app_client: Any) -> None:
+    body = {"model": "tiny", "prompt": "The capital", "max_tokens": 2,
+            "decoding": {"method": "contrast", "premature_layers": [1, 3], "weights": [1, 3], "entropy_threshold": 2}}
+    assert app_client.post("/v1/completions", json=body).status_code == 200
+    prompt, params, _ = app_client.engine.requests[-1]
+    assert "cache_salt" not in prompt
+    assert params.extra_args["truthsteer"] == {"decoding": {
+        "method": "contrast", "layers": [1, 3], "weights": [0.25, 0.75], "alpha": 0.1, "entropy_threshold": 2.0,
+        "repetition_penalty": 1.0}}
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2,
+            "decoding": {"method": "dola", "premature_layers": "low"}, "probes": ["truth"],
+            "steering": [{"direction": "truth", "strength": 1.0}]}
+    assert app_client.post("/v1/chat/completions", json=chat).status_code == 200
+    prompt, params, _ = app_client.engine.requests[-1]
+    ext = params.extra_args["truthsteer"]
+    assert ext["decoding"]["method"] == "dola" and ext["decoding"]["layers"] == [0]  # 4 untied layers: low = [0]
+    assert sorted(ext) == ["decoding", "probes", "steering"]
+    assert app_client.post("/v1/completions", json={**body, "decoding": {"method": "none"}}).status_code == 200
+    assert not app_client.engine.requests[-1][1].extra_args
+    metrics = app_client.get("/metrics").text
+    assert 'truthsteer_decoding_requests_total{method="contrast"} 1.0' in metrics
+    assert 'truthsteer_decoding_requests_total{method="dola"} 1.0' in metrics
+
+
 def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 2,
             "stream": True, "stream_options": {"include_usage": True}}
@@ -143,7 +167,10 @@ def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
         ({"steering": [{"direction": "truth", "strength": 1e9}]}, 400, "steering[0].strength"),
         ({"steering": [{"direction": "truth", "op": "explode"}]}, 400, "steering[0].op"),
         ({"steering": "truth"}, 400, "steering"),
-        ({"decoding": {"method": "dola"}}, 400, "decoding"),
+        ({"decoding": {"method": "dola", "premature_layers": [4]}}, 400, "decoding.premature_layers"),
+        ({"decoding": {"method": "dola", "weights": [1]}}, 400, "decoding.weights"),
+        ({"decoding": {"method": "beam"}}, 400, "decoding.method"),
+        ({"decoding": "dola"}, 400, "decoding"),
         ({"probes": ["honesty"]}, 400, "probes[0]"),
         ({"probes": "some"}, 400, "probes"),
         ({"max_tokens": 1000}, 400, "max_tokens"),

@@ -1,0 +1,136 @@
+"""Worker-side stash of premature-layer hidden states for contrastive decoding (``decoding``).
+
+Premature layer ``k`` (HF's ``hidden_states[k]``) is the stream entering decoder layer ``k``: the
+embeddings for ``k = 0`` (a pre-hook on layer 0), the output of decoder layer ``k - 1`` (after its
+steering) for ``k >= 1``. Every premature layer ``0 .. N-1`` gets a fixed buffer ``[max_reqs, H]``
+registered on its decoder layer and a hook calling ``truthsteer::stash``, installed before the first
+(compiling) forward pass; the final layer ``N`` is what the logits processor already receives.
+
+Per step, :meth:`HiddenStash.prepare` (from the plugin's ``_model_forward`` wrapper, in the
+runner's batch-row order, which the logits processor sees too) finds the requests whose
+``SamplingParams.extra_args["truthsteer"]["decoding"]`` asks for a contrast and that sample a
+token this step, points row ``i`` of the shared row table at request ``i``'s sampling position,
+and switches on exactly the layers that those requests read. Layers nobody reads cost one skipped
+op call on CPU. After the pass, :meth:`hidden` returns the stashed states of chosen batch rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from steering.contrastive import layers_needed
+from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
+from steering.spec import EXTRA_ARGS_KEY
+from steering.vllm.custom_op import stash_hook, stash_pre_hook
+
+log = logging.getLogger(__name__)
+
+
+def parse_decoding_request(extra_args: Any, num_layers: int) -> ResolvedDecoding | None:
+    """The active decoding config of a request (``None``: plain decoding).
+
+    Validated at the point of entry; a raw-vLLM caller may still send junk, which raises
+    ``ValueError`` / ``KeyError`` / ``TypeError`` here (the caller logs it and decodes plainly).
+    """
+    extra = extra_args.get(EXTRA_ARGS_KEY) if isinstance(extra_args, dict) else None
+    raw = extra.get(WIRE_KEY) if isinstance(extra, dict) else None
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise TypeError(f"decoding must be an object, got {type(raw).__name__}")
+    cfg = ResolvedDecoding.from_wire(raw)
+    if not cfg.active:
+        return None
+    if cfg.method not in ("dola", "contrast") or not cfg.layers:
+        raise ValueError(f"bad decoding config {raw!r}")
+    if any(not 0 <= k < num_layers for k in cfg.layers) or len(set(cfg.layers)) != len(cfg.layers):
+        raise ValueError(f"premature layers {list(cfg.layers)} outside [0, {num_layers})")
+    if cfg.method == "contrast" and len(cfg.weights) != len(cfg.layers):
+        raise ValueError("contrast needs one weight per layer")
+    return cfg
+
+
+class HiddenStash:
+    def __init__(self, layers: nn.ModuleList, hidden_size: int, max_reqs: int, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.num_layers = len(layers)
+        self.max_reqs = max_reqs
+        self.rows = torch.zeros(max_reqs, dtype=torch.int64, device=device)  # shared by every layer
+        self.rows_np = np.zeros(max_reqs, dtype=np.int64)
+        self.outs: dict[int, torch.Tensor] = {}
+        self.actives: dict[int, torch.Tensor] = {}
+        self._handles: list[Any] = []
+        for k in range(self.num_layers):
+            # premature layer k lives on decoder layer k (input, k = 0) or k - 1 (output)
+            module = layers[0] if k == 0 else layers[k - 1]
+            if type(module).__name__ == "PPMissingLayer":  # not on this pipeline stage
+                continue
+            out = torch.zeros(max_reqs, hidden_size, dtype=dtype, device=device)
+            active = torch.zeros(1, dtype=torch.int32)
+            suffix = "0" if k == 0 else ""
+            module.register_buffer("_ts_srows", self.rows, persistent=False)
+            module.register_buffer(f"_ts_sout{suffix}", out, persistent=False)
+            module.register_buffer(f"_ts_sactive{suffix}", active, persistent=False)
+            if k == 0:
+                self._handles.append(module.register_forward_pre_hook(stash_pre_hook))
+            else:
+                self._handles.append(module.register_forward_hook(stash_hook))
+            self.outs[k], self.actives[k] = out, active
+        self._requests: dict[str, ResolvedDecoding | None] = {}
+        self._on: set[int] = set()
+        self.step_configs: list[ResolvedDecoding | None] = []  # per batch row, this step
+        self.rejected = 0
+
+    def _config(self, req_id: str, state: Any) -> ResolvedDecoding | None:
+        if req_id not in self._requests:
+            params = getattr(state, "sampling_params", None)
+            cfg = None
+            try:
+                cfg = parse_decoding_request(getattr(params, "extra_args", None), self.num_layers)
+            except (KeyError, TypeError, ValueError) as e:
+                self.rejected += 1
+                log.warning("truthsteer: ignoring invalid decoding of request %s: %s", req_id, e)
+            if cfg is not None and any(k not in self.outs for k in cfg.layers):
+                self.rejected += 1
+                log.warning("truthsteer: premature layers %s of %s are not on this worker", cfg.layers, req_id)
+                cfg = None
+            self._requests[req_id] = cfg
+        return self._requests[req_id]
+
+    def prepare(self, req_ids: list[str], states: Any, qsl: np.ndarray, num_prompt: np.ndarray,
+                num_computed: np.ndarray) -> None:
+        """Choose this step's rows and layers (``qsl``: ``query_start_loc`` of the batch)."""
+        n = len(req_ids)
+        configs: list[ResolvedDecoding | None] = [None] * n
+        for i, rid in enumerate(req_ids):
+            cfg = self._config(rid, states.get(rid))
+            s, e = int(qsl[i]), int(qsl[i + 1])
+            if cfg is None or e <= s or int(num_computed[i]) + (e - s) < int(num_prompt[i]):
+                continue  # plain, not scheduled, or a partial prefill chunk (its sample is discarded)
+            configs[i] = cfg
+        if len(self._requests) > n:
+            live = set(req_ids)
+            for rid in [r for r in self._requests if r not in live]:
+                del self._requests[rid]
+        self.step_configs = configs
+        on = set(layers_needed(configs))
+        if on:
+            # every batch row points at its last scheduled token (valid for this step's tokens);
+            # rows past the batch point at token 0 so that a full copy on accelerators stays in range
+            self.rows_np[:n] = np.maximum(qsl[1 : n + 1].astype(np.int64) - 1, 0)
+            self.rows_np[n:] = 0
+            self.rows.copy_(torch.from_numpy(self.rows_np))
+        elif self._on:
+            self.rows.zero_()  # accelerators copy every row every step: keep indices in range of any step
+        for k in on | self._on:
+            self.actives[k].fill_(n if k in on else 0)
+        self._on = on
+
+    def hidden(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """The stashed stream of premature layer ``layer`` at batch rows ``rows``: ``[len(rows), H]``."""
+        return self.outs[layer].index_select(0, rows.to(self.outs[layer].device))
