@@ -194,15 +194,22 @@ def test_invalid_worker_specs_never_crash_and_run_unsteered(extra: dict[str, Any
 
 
 def test_compiled_graph_sees_table_updates() -> None:
-    """torch.compile traces the hook and the custom op once; later steps change only the tables."""
+    """torch.compile traces the hook and the custom op once; later steps change only the tables.
+
+    Compiled vs eager is compared to float32 rounding (inductor may fuse the toy layer's ops
+    differently from eager); bit-identity to plain vLLM is asserted compiled-vs-compiled in
+    tests/integration/test_engine.py.
+    """
     model, rt = setup()
     compiled = torch.compile(model, backend="inductor", dynamic=True, fullgraph=True)
     x = torch.randn(3, H)
     base = ToyModel()(x)
     rt.prepare_step(fake_runner([Req("p", 3, 0, 3)]))
-    assert torch.equal(compiled(x), base)
+    first = compiled(x)
+    torch.testing.assert_close(first, base, rtol=1e-6, atol=1e-6)
     rt.prepare_step(fake_runner([Req("s", 3, 0, 3, ADD)]))
     steered = compiled(x)
     torch.testing.assert_close(steered, reference(x, ADD, np.arange(3), 3), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(steered, base, atol=1e-2)
     rt.prepare_step(fake_runner([Req("p2", 3, 0, 3)]))
-    torch.testing.assert_close(compiled(x), base, rtol=0, atol=0)
+    assert torch.equal(compiled(x), first)  # same compiled graph, tables back to zero: bit-identical
