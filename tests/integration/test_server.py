@@ -319,4 +319,4 @@ def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any)
             text += c.delta.content or ""
             per_token += c.model_extra["probe_scores"]["truth"]
     assert usage is not None and text and len(per_token) == usage.completion_tokens
-    assert all(0 < x < 1 for x in per_token)
+    assert all(0.0 <= x <= 1.0 for x in per_token)  # calibrated probabilities (may saturate under steering)
