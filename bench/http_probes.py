@@ -18,38 +18,13 @@ import os
 import platform
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
 import httpx
 
+from bench.servers import Server
 from bench.steering import RESULTS, workload
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(port: int, timeout: float = 1200) -> subprocess.Popen[str]:
-    env = {**os.environ, "TRUTHSTEER_PORT": str(port)}
-    proc = subprocess.Popen([sys.executable, "-m", "steering.cli", "serve"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    proc.kill()
-    raise RuntimeError("server did not become healthy")
 
 
 async def run(base: str, model: str, prompts: list[str], tokens: int, probes: list[str] | None) -> float:
@@ -78,9 +53,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = start_server(port)
+    server = Server.truthsteer()
+    base = server.base
     try:
         model = httpx.get(f"{base}/v1/models").json()["data"][0]["id"]
         prompts = workload(args.requests)
@@ -93,11 +67,7 @@ def main() -> int:
             off_runs.append(asyncio.run(run(base, model, prompts, args.tokens, None)))
             on_runs.append(asyncio.run(run(base, model, prompts, args.tokens, probes)))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
     off, on = statistics.median(off_runs), statistics.median(on_runs)
     result = {
         "benchmark": "http-probe-overhead",
