@@ -16,16 +16,12 @@ bench/results/dola-latest.json.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import socket
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.steering import workload
+from bench.steering import workload, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DOLA = {"method": "dola", "premature_layers": "high"}
@@ -107,18 +103,12 @@ def main() -> int:
     result: dict[str, Any] = {
         "benchmark": "contrastive-decoding",
         "workload": {"requests": args.requests, "new_tokens": args.tokens, "greedy": True, "repeats": args.repeats},
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
         "tokens_per_s": {"a_greedy": round(a, 2), "b_dola_high": round(b, 2), "c_contrast_one_layer": round(c, 2),
                          "d_hf_dola_high": None if d is None else round(d, 2)},
         "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3), "b/d": None if d is None else round(b / d, 3)},
         "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
-        "statistic": "median",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "dola-latest.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("dola-latest", result)
     print(f"{'config':<36}{'tok/s':>10}{'ratio':>8}")
     print(f"{'(a) greedy':<36}{a:>10.1f}{1.0:>8.3f}")
     print(f"{'(b) DoLa high (8 layers)':<36}{b:>10.1f}{b / a:>8.3f}")

@@ -13,10 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
-import socket
 import statistics
 import time
 from typing import Any
@@ -24,7 +20,7 @@ from typing import Any
 import httpx
 
 from bench.servers import Server
-from bench.steering import RESULTS, workload
+from bench.steering import workload, write_result
 
 
 async def run(base: str, model: str, prompts: list[str], tokens: int, probes: list[str] | None) -> float:
@@ -73,17 +69,11 @@ def main() -> int:
         "benchmark": "http-probe-overhead",
         "workload": {"requests": args.requests, "new_tokens": args.tokens, "greedy": True, "repeats": args.repeats,
                      "probes": probes, "endpoint": "/v1/completions"},
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
         "tokens_per_s": {"probes_off": round(off, 2), "probes_on": round(on, 2)},
         "ratios": {"on/off": round(on / off, 3)},
         "runs": {"off": [round(x, 2) for x in off_runs], "on": [round(x, 2) for x in on_runs]},
-        "statistic": "median",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "http-probes-latest.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("http-probes-latest", result)
     print(f"{'HTTP, 64 x 64 tokens':<34}{'tok/s':>10}{'ratio':>8}")
     print(f"{'probes off':<34}{off:>10.1f}{1.0:>8.3f}")
     print(f"{'probes on (truth, sycophancy)':<34}{on:>10.1f}{on / off:>8.3f}")

@@ -24,6 +24,21 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def machine_info() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "processor": platform.processor()}
+
+
+def write_result(stem: str, result: dict[str, Any]) -> Path:
+    """``bench/results/<stem>.json`` with the machine, the statistic and the date filled in."""
+    full = {**result, "machine": machine_info(), "statistic": "median",
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{stem}.json"
+    out.write_text(json.dumps(full, indent=2) + "\n")
+    return out
+
+
 def workload(n: int) -> list[str]:
     topics = ["rivers", "planets", "metals", "birds", "languages", "bridges", "volcanoes", "music"]
     return [f"Request {i}: write a short paragraph about {topics[i % len(topics)]} number {i}." for i in range(n)]
@@ -81,18 +96,12 @@ def main() -> int:
     result = {
         "benchmark": "steering-overhead",
         "workload": {"requests": args.requests, "new_tokens": args.tokens, "greedy": True, "repeats": args.repeats},
-        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpus": os.cpu_count(),
-                    "processor": platform.processor()},
         "tokens_per_s": {"a_plain_vllm": round(a, 2), "b_plugin_unsteered": round(b, 2),
                          "c_distinct_configs_3_layers": round(c, 2)},
         "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3)},
         "runs": {k: [round(x, 2) for x in v] for k, v in (("a", a_runs), ("b", b_runs), ("c", c_runs))},
-        "statistic": "median",
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "steering-latest.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_result("steering-latest", result)
     print(f"{'config':<34}{'tok/s':>10}{'ratio':>8}")
     print(f"{'(a) plain vLLM':<34}{a:>10.1f}{1.0:>8.3f}")
     print(f"{'(b) truthsteer, unsteered':<34}{b:>10.1f}{b / a:>8.3f}")
