@@ -53,12 +53,12 @@ class ChoiceState:
     finish_reason: str | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
     scores: dict[str, list[float | None]] = field(default_factory=dict)
-    steered: dict[int, bool] = field(default_factory=dict)
+    flags: dict[int, int] = field(default_factory=dict)  # token index -> STEERED | CONTRASTED
     prompt_logprobs: list[Any] | None = None
 
     def add(self, p: Piece) -> None:
         self.prompt_logprobs = p.prompt_logprobs or self.prompt_logprobs
-        self.steered.update({len(self.token_ids) + k: v for k, v in (p.steered or {}).items()})
+        self.flags.update({len(self.token_ids) + k: v for k, v in (p.flags or {}).items()})
         self.text += p.text
         self.token_ids += p.token_ids
         if p.logprobs is not None:
@@ -88,7 +88,7 @@ def finish_choice(serving: Serving, req: Req, plan: Plan, st: ChoiceState, choic
         choice["probe_scores"] = probe_summary(serving, st, plan.probes)
     dec = plan.decoding if plan.decoding is not None and plan.decoding.active else None
     if plan.ops or dec is not None:
-        iv = interventions(plan.ops, dec, len(st.token_ids), st.steered)
+        iv = interventions(plan.ops, dec, len(st.token_ids), st.flags)
         choice["interventions"] = iv
         for d in sorted({op.direction for op in plan.ops}):
             serving.metrics.intervention_tokens.labels(d, "steered").inc(iv["steered_tokens"])

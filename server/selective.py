@@ -7,6 +7,7 @@ from typing import Any
 
 from steering.decoding_spec import ResolvedDecoding
 from steering.spec import ResolvedOp
+from steering.vllm.probe_channel import CONTRASTED, STEERED
 
 
 @dataclass(frozen=True)
@@ -27,17 +28,17 @@ def decide_abstain(tokens: list[float | None], below: float, reduce: str) -> Abs
     return AbstainDecision(score < below, score)
 
 
-def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, bool] | None) -> int:
+def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, int] | None) -> int:
     """How many of the ``n`` generated tokens were produced by a steered forward pass.
 
     Token ``k`` is sampled at the position ``n_prompt - 1 + k``: a prompt position for ``k == 0``,
     a generated one after. Gated requests report per-token flags from the worker (``flags`` by
-    token index); for ungated ones the count follows from the operations' ``positions``.
+    token index, ``STEERED`` bit); for ungated ones the count follows from the operations' ``positions``.
     """
     if not ops or n == 0:
         return 0
     if any(op.gate is not None for op in ops):
-        return sum(1 for k in range(n) if (flags or {}).get(k, False))
+        return sum(1 for k in range(n) if (flags or {}).get(k, 0) & STEERED)
     kinds = {op.positions for op in ops}
     if "all" in kinds or {"prompt", "generated"} <= kinds:
         return n
@@ -47,9 +48,16 @@ def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, bool] | None)
 
 
 def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: int,
-                  flags: dict[int, bool] | None) -> dict[str, Any]:
-    """``contrasted_tokens`` is ``None`` (unknown here) when an entropy gate decides per step."""
+                  flags: dict[int, int] | None) -> dict[str, Any]:
+    """``contrasted_tokens`` is ``None`` (unknown here) when an entropy gate decides per step (it
+    runs in the sampler, after the flags are sent); with a probe gate alone the worker's
+    ``CONTRASTED`` flags count them."""
     contrasted: int | None = 0
     if decoding is not None:
-        contrasted = n if decoding.entropy_threshold is None else None
+        if decoding.entropy_threshold is not None:
+            contrasted = None
+        elif decoding.gate is not None:
+            contrasted = sum(1 for k in range(n) if (flags or {}).get(k, 0) & CONTRASTED)
+        else:
+            contrasted = n
     return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}

@@ -62,7 +62,7 @@ class Piece:
     finish_reason: str | None
     prompt_token_ids: list[int]
     probe_tokens: dict[str, list[float | None]] | None = None
-    steered: dict[int, bool] | None = None  # gated requests: index in ``token_ids`` -> steered
+    flags: dict[int, int] | None = None  # gated requests: index in ``token_ids`` -> STEERED | CONTRASTED bits
     prompt_logprobs: list[Any] | None = None  # echo + logprobs (first piece only)
 
 
@@ -203,7 +203,7 @@ class Serving:
         if raw is None:
             return None
         cfg = resolve_decoding(parse_decoding(raw), self.prepared.info.num_layers,
-                               tie_word_embeddings=self.tie_word_embeddings)
+                               tie_word_embeddings=self.tie_word_embeddings, bundles=self.prepared.bundles)
         return cfg if cfg.active else None
 
     @property
@@ -264,10 +264,13 @@ class Serving:
                                type="service_unavailable", param="abstain", code="probes_unavailable")
             if req.abstain.probe not in scored:
                 scored.append(req.abstain.probe)
-        gated = any(op.gate is not None for op in ops)
+        steer_gated = any(op.gate is not None for op in ops)
+        decode_gated = decoding is not None and decoding.gate is not None
+        gated = steer_gated or decode_gated
         if gated and self.receiver is None:
-            raise APIError(503, "probe-gated steering needs the probe channel, which is not connected",
-                           type="service_unavailable", param="steering", code="probes_unavailable")
+            what, param = ("steering", "steering") if steer_gated else ("decoding", "decoding.gate")
+            raise APIError(503, f"probe-gated {what} needs the probe channel, which is not connected",
+                           type="service_unavailable", param=param, code="probes_unavailable")
         prompts = self._prompts(req, cache_salt(ops))
         max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
         base_id = uuid.uuid4().hex
@@ -320,7 +323,7 @@ class Serving:
                             self.metrics.ttft.labels(endpoint).observe(t - start)
                         elif k0:
                             self.metrics.itl.observe((t - last) / len(ids))
-                    scores = steered = None
+                    scores = flags = None
                     if sink is not None and self.receiver is not None:
                         # token k was sampled from the activation at position n_prompt - 1 + k
                         positions = range(n_prompt - 1 + k0, n_prompt - 1 + k0 + len(ids))
@@ -328,9 +331,9 @@ class Serving:
                             log.warning("truthsteer: probe scores of %s missing at %s", job.request_id, positions)
                         scores = sink.scores(probes, positions)
                         # by token index within this piece
-                        steered = {p - positions.start: sink.steered[p] for p in positions if p in sink.steered}
+                        flags = {p - positions.start: sink.flags[p] for p in positions if p in sink.flags}
                     yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
-                                list(out.prompt_token_ids or []), scores, steered,
+                                list(out.prompt_token_ids or []), scores, flags,
                                 getattr(out, "prompt_logprobs", None) if k0 == 0 else None)
                 last = t
         finally:

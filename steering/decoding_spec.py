@@ -19,16 +19,32 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steering.errors import SpecError
+from steering.spec import ProbeGate, ResolvedGate, gate_from_wire, resolve_gate
+
+if TYPE_CHECKING:
+    from steering.bundle import DirectionBundle
 
 WIRE_KEY = "decoding"
 Method = Literal["dola", "contrast", "none"]
 Bucket = Literal["low", "high"]
 DOLA, CONTRAST, NONE = "dola", "contrast", "none"
+
+
+class DecodingGate(ProbeGate):
+    """Probe gate of contrastive decoding: contrast only at the steps the request's probe flags.
+
+    Unlike a steering gate (which can only act on the *next* step), the contrast of a step is
+    applied after that step's forward pass, so the gate reads the probe's score at the very
+    position being decoded (same pass): the step is contrasted when the average of the last
+    ``window`` scores, this one included, is below ``below`` (or above ``above``), and for
+    ``hold`` further steps after that. Every decoded step has its own score, so there is no
+    ``initial`` state. Prompt positions are never gated (they are not decoded).
+    """
 
 
 class DecodingSpec(BaseModel):
@@ -75,6 +91,11 @@ class DecodingSpec(BaseModel):
         description="HF-style repetition penalty on the contrasted logits of every token already in "
         "the prompt or output (DoLa's authors suggest 1.2; default: none)",
     )
+    gate: DecodingGate | None = Field(
+        default=None,
+        description="contrast only at steps where this probe, read at the decoded position in the same "
+        "forward pass, flags risk (see DecodingGate); combines with entropy_threshold (both must pass)",
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,7 @@ class ResolvedDecoding:
     alpha: float = 0.1
     entropy_threshold: float | None = None
     repetition_penalty: float = 1.0
+    gate: ResolvedGate | None = None
 
     @property
     def active(self) -> bool:
@@ -94,7 +116,7 @@ class ResolvedDecoding:
         return self.method != NONE
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "method": self.method,
             "layers": list(self.layers),
             "weights": list(self.weights),
@@ -102,6 +124,9 @@ class ResolvedDecoding:
             "entropy_threshold": self.entropy_threshold,
             "repetition_penalty": self.repetition_penalty,
         }
+        if self.gate is not None:  # ungated configs keep their pre-gate wire form
+            d["gate"] = self.gate.to_wire()
+        return d
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> ResolvedDecoding:
@@ -113,6 +138,7 @@ class ResolvedDecoding:
             alpha=float(d.get("alpha", 0.1)),
             entropy_threshold=None if threshold is None else float(threshold),
             repetition_penalty=float(d.get("repetition_penalty", 1.0)),
+            gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
         )
 
 
@@ -196,15 +222,19 @@ def resolve_decoding(
     *,
     tie_word_embeddings: bool,
     param: str = "decoding",
+    bundles: Mapping[str, DirectionBundle] | None = None,
 ) -> ResolvedDecoding:
     """Concrete layers and weights for ``spec`` on a model with ``num_layers`` decoder layers.
 
     ``tie_word_embeddings`` (the HF config field) moves the start of the ``'low'`` bucket as HF does.
+    ``bundles``: the loaded bundles, against which a ``gate``'s probe is checked.
     Raises :class:`SpecError` naming the field (``decoding.premature_layers``, ``decoding.weights``).
     """
     if spec.method == NONE:
         if spec.weights is not None:
             raise SpecError("weights are only valid with method 'contrast'", f"{param}.weights")
+        if spec.gate is not None:
+            raise SpecError("a gate needs method 'dola' or 'contrast'", f"{param}.gate")
         return ResolvedDecoding(method=NONE)
     if isinstance(spec.premature_layers, str):
         layers = tuple(bucket_layers(spec.premature_layers, num_layers, tie_word_embeddings))
@@ -225,4 +255,5 @@ def resolve_decoding(
         alpha=spec.alpha,
         entropy_threshold=spec.entropy_threshold,
         repetition_penalty=1.0 if spec.repetition_penalty is None else spec.repetition_penalty,
+        gate=None if spec.gate is None else resolve_gate(spec.gate, bundles or {}, f"{param}.gate"),
     )

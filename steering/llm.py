@@ -105,7 +105,8 @@ class SteeredLLM:
             return None
         parsed = spec if isinstance(spec, DecodingSpec) else parse_decoding(spec, param)
         info = self.prepared.info
-        cfg = resolve_decoding(parsed, info.num_layers, tie_word_embeddings=self.tie_word_embeddings, param=param)
+        cfg = resolve_decoding(parsed, info.num_layers, tie_word_embeddings=self.tie_word_embeddings, param=param,
+                               bundles=self.prepared.bundles)
         return cfg if cfg.active else None
 
     @property

@@ -42,14 +42,8 @@ class LayerRange(BaseModel):
         return self
 
 
-class Gate(BaseModel):
-    """Probe gate of an operation: apply it only while the request's own probe flags risk.
-
-    After every forward pass the probe's score at the position that sampled the newest token
-    (averaged over the last ``window`` such scores) decides whether the operation applies to the
-    request's *next* step: it opens when the average is below ``below`` (or above ``above``), and
-    once open stays open for at least ``hold`` further steps.
-    """
+class ProbeGate(BaseModel):
+    """What a probe gate reads: a bundle's probe, a threshold on one side, smoothing and hold."""
 
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}]}
@@ -59,9 +53,6 @@ class Gate(BaseModel):
     above: float | None = Field(default=None, description="open while the score is above this")
     window: int = Field(default=1, ge=1, le=64, description="average of the last `window` scores")
     hold: int = Field(default=0, ge=0, le=4096, description="once open, stay open at least this many more steps")
-    initial: Literal["closed", "open"] = Field(
-        default="closed", description="state for the prompt and the first token, before any score exists"
-    )
 
     @field_validator("below", "above")
     @classmethod
@@ -71,10 +62,24 @@ class Gate(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_side(self) -> Gate:
+    def _one_side(self) -> ProbeGate:
         if (self.below is None) == (self.above is None):
             raise ValueError("give exactly one of below / above")
         return self
+
+
+class Gate(ProbeGate):
+    """Probe gate of a steering operation: apply it only while the request's own probe flags risk.
+
+    After every forward pass the probe's score at the position that sampled the newest token
+    (averaged over the last ``window`` such scores) decides whether the operation applies to the
+    request's *next* step: it opens when the average is below ``below`` (or above ``above``), and
+    once open stays open for at least ``hold`` further steps.
+    """
+
+    initial: Literal["closed", "open"] = Field(
+        default="closed", description="state for the prompt and the first token, before any score exists"
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +95,11 @@ class ResolvedGate:
         return score < self.below if self.below is not None else score > self.above  # type: ignore[operator]
 
     @classmethod
-    def of(cls, g: Gate) -> ResolvedGate:
-        return cls(g.probe, g.below, g.above, g.window, g.hold, g.initial)
+    def of(cls, g: ProbeGate) -> ResolvedGate:
+        return cls(g.probe, g.below, g.above, g.window, g.hold, g.initial if isinstance(g, Gate) else "closed")
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 class SteeringOp(BaseModel):
@@ -158,11 +166,11 @@ class ResolvedOp:
             layers=tuple(int(x) for x in d["layers"]),
             positions=str(d["positions"]),
             targets=tuple(float(x) for x in d.get("targets", ())),
-            gate=_gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
+            gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
         )
 
 
-def _gate_from_wire(g: Mapping[str, Any]) -> ResolvedGate:
+def gate_from_wire(g: Mapping[str, Any]) -> ResolvedGate:
     below = None if g.get("below") is None else float(g["below"])
     above = None if g.get("above") is None else float(g["above"])
     if (below is None) == (above is None):
@@ -251,15 +259,18 @@ def resolve(
                 raise SpecError(
                     f"at most {limits.max_ops_per_layer} operations may act on one layer (layer {x})", p
                 )
-        gate = None
-        if op.gate is not None:
-            pb = bundles.get(op.gate.probe)
-            if pb is None or pb.meta.probe is None:
-                have = sorted(n for n, b in bundles.items() if b.meta.probe is not None)
-                raise SpecError(f"unknown probe '{op.gate.probe}'; probes: {have or 'none'}", f"{p}.gate.probe")
-            gate = ResolvedGate.of(op.gate)
+        gate = None if op.gate is None else resolve_gate(op.gate, bundles, f"{p}.gate")
         out.append(ResolvedOp(op.direction, op.op, float(strength), layers, op.positions, targets, gate))
     return out
+
+
+def resolve_gate(gate: ProbeGate, bundles: Mapping[str, DirectionBundle], param: str) -> ResolvedGate:
+    """Check that the gate's probe is loaded; errors name ``{param}.probe``."""
+    pb = bundles.get(gate.probe)
+    if pb is None or pb.meta.probe is None:
+        have = sorted(n for n, b in bundles.items() if b.meta.probe is not None)
+        raise SpecError(f"unknown probe '{gate.probe}'; probes: {have or 'none'}", f"{param}.probe")
+    return ResolvedGate.of(gate)
 
 
 def _parse(adapter: Any, raw: Any, param: str) -> Any:

@@ -22,7 +22,7 @@ applies the model's final norm first (``final_norm=True``, the default).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ class Step:
     token: int
     layer: int | None  # premature layer contrasted with (DoLa), None when gated or fused
     contrasted: bool
+    gate_score: float | None = None  # what ``gate`` returned its decision from, if given
 
 
 def _final_norm(model: Any) -> Any:
@@ -69,8 +70,12 @@ def generate(
     max_new_tokens: int = 16,
     eos_token_id: int | None = None,
     final_norm: bool = True,
+    gate: Callable[[Sequence[torch.Tensor]], tuple[bool, float]] | None = None,
 ) -> list[Step]:
-    """Greedy contrastive decoding of one prompt; ``method`` is ``"dola"`` or ``"contrast"``."""
+    """Greedy contrastive decoding of one prompt; ``method`` is ``"dola"`` or ``"contrast"``.
+
+    ``gate`` (probe-gated decoding) gets the step's hidden states (HF's ``hidden_states``, each
+    ``[1, seq, H]``) and returns ``(contrast this step, the score it decided from)``."""
     head = model.get_output_embeddings()
     norm = _final_norm(model) if final_norm else (lambda h: h)
     ids = list(prompt_ids)
@@ -84,9 +89,10 @@ def generate(
         log_qn = torch.log_softmax(final_logits, -1)
         qn = log_qn.exp()
         entropy = float(-(qn[qn > 0] * log_qn[qn > 0]).sum())
-        if entropy_threshold is not None and entropy < entropy_threshold:
+        opened, score = gate(out.hidden_states) if gate is not None else (True, None)
+        if (entropy_threshold is not None and entropy < entropy_threshold) or not opened:
             token = int(final_logits.argmax())
-            step = Step(token, None, False)
+            step = Step(token, None, False, score)
         else:
             log_q = {j: torch.log_softmax(head(norm(out.hidden_states[j][0, -1])).float(), -1) for j in layers}
             plausible = log_qn >= log_qn.max() + math.log(alpha)
@@ -105,7 +111,7 @@ def generate(
                 s = scores[seen]
                 scores[seen] = torch.where(s < 0, s * repetition_penalty, s / repetition_penalty)
             token = int(scores.argmax())
-            step = Step(token, chosen, True)
+            step = Step(token, chosen, True, score)
         steps.append(step)
         ids.append(token)
         if eos_token_id is not None and token == eos_token_id:

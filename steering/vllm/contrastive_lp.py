@@ -280,7 +280,10 @@ def install(runner: Any) -> HiddenStash | None:
     model = runner.get_model()
     layers = find_decoder_layers(model, info.num_layers)
     norm = final_norm(model, layers)
-    stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype)
+    runtime = getattr(runner, "truthsteer", None)
+    column = runtime.readout.column if runtime is not None and runtime.readout else None
+    stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype,
+                        probe_column=column)
 
     def normed(h: torch.Tensor) -> torch.Tensor:
         out = norm(h)

@@ -8,7 +8,8 @@ methods, doing nothing unless the engine was built with truthsteer's ``additiona
   layer with the custom op and owns the fixed-shape per-step tables.
 * ``_model_forward`` (vLLM's documented override point, called once per step inside the forward
   context, outside any compiled region or CUDA graph): refresh the tables from this step's batch
-  before the pass, and send the probe rows of the step after it.
+  before the pass; after it (before vLLM computes the logits and samples), update the probe gates
+  and send the probe rows of the step.
 """
 
 from __future__ import annotations
@@ -48,15 +49,17 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
         runtime = getattr(self, "truthsteer", None)
         if runtime is None:
             return fn(self, *args, **kwargs)
-        runtime.prepare_step(self)
         stash = getattr(self, "truthsteer_stash", None)
-        if stash is not None:
+        watch = None
+        if stash is not None:  # first: its decoding gates tell the probe read-out which rows to read
             ib = self.input_batch
             n = int(ib.num_reqs)
-            stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
-                          ib.num_computed_tokens_cpu)
+            watch = stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
+                                  ib.num_computed_tokens_cpu)
+        runtime.prepare_step(self, watch)
         out = fn(self, *args, **kwargs)
-        runtime.finish_step()
+        # before sampling: probe-gated decoding decides this step's contrast from this pass's scores
+        runtime.finish_step(stash.decide if stash is not None else None)
         return out
 
     setattr(_model_forward, _PATCHED, True)

@@ -28,9 +28,14 @@ import zmq.asyncio
 log = logging.getLogger(__name__)
 
 
+STEERED = 1  # flag bit of a gated request's sampling row: its forward pass was steered
+CONTRASTED = 2  # flag bit: the token sampled there was drawn from the contrasted distribution (decoding gate)
+
+
 class StepMessage(msgspec.Struct, array_like=True):
     names: list[str]  # probe order of the logits columns
-    # (probe id, positions, logits[pos][probe], steered[pos]: 1/0 for gated requests' sampling rows, -1 n/a)
+    # (probe id, positions, logits[pos][probe], flags[pos]: STEERED | CONTRASTED bits for gated
+    # requests' sampling rows, -1 n/a)
     rows: list[tuple[str, list[int], list[list[float]], list[int]]]
 
 
@@ -77,7 +82,7 @@ class ProbeSink:
 
     names: list[str] = field(default_factory=list)
     by_pos: dict[int, list[float]] = field(default_factory=dict)  # position -> scores in ``names`` order
-    steered: dict[int, bool] = field(default_factory=dict)  # position -> steered (gated requests)
+    flags: dict[int, int] = field(default_factory=dict)  # position -> STEERED | CONTRASTED (gated requests)
     event: asyncio.Event | None = None
 
     def add(self, names: list[str], positions: list[int], logits: list[list[float]], flags: list[int]) -> None:
@@ -86,7 +91,7 @@ class ProbeSink:
             self.by_pos[p] = [_sigmoid(z) for z in row]
         for p, f in zip(positions, flags, strict=False):
             if f >= 0:
-                self.steered[p] = bool(f)
+                self.flags[p] = f
         if self.event is not None:
             self.event.set()
 

@@ -17,7 +17,7 @@ is folded into ``w`` and the bias, so the op is one ``addmm`` per probe layer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ class _Pending:
     probe_id: str | None  # None: read for a gate only, nothing sent
     positions: list[int]  # absolute sequence positions of ``rows``
     rows: np.ndarray  # token rows of this step
-    steered: bool | None  # gated requests: was the sampling row steered
+    flags: int | None  # watched requests' sampling row: StepFlags bits known before the pass
 
 
 @dataclass(frozen=True)
@@ -106,17 +106,17 @@ class ProbeReadout:
         return self._requests[req_id]
 
     def prepare(self, req_ids: list[str], states: Any, qsl: np.ndarray, num_prompt: np.ndarray,
-                num_computed: np.ndarray, gated: Mapping[str, bool] | None = None) -> None:
+                num_computed: np.ndarray, watch: Mapping[str, int] | None = None) -> None:
         """Decide which token rows of this step to read, and switch the op on or off.
 
-        ``gated``: requests with probe-gated steering (their sampling row is read even when they
-        did not ask for scores) and whether that row was steered this step.
+        ``watch``: requests with probe gates (their sampling row is read even when they did not
+        ask for scores), with the flag bits of that row known before the pass (``STEERED``).
         """
-        gated = gated or {}
+        watch = watch or {}
         pending = []
         for i, rid in enumerate(req_ids):
             pr = self._request(rid, states.get(rid))
-            if pr is None and rid not in gated:
+            if pr is None and rid not in watch:
                 continue
             s, e = int(qsl[i]), int(qsl[i + 1])
             if e <= s:
@@ -132,8 +132,8 @@ class ProbeReadout:
                 rows.append(e - 1)  # the position that samples the next token
             if rows:
                 idx = np.asarray(rows, dtype=np.int64)
-                steered = gated.get(rid) if samples else None
-                pending.append(_Pending(rid, pr.probe_id if pr else None, (idx - s + first).tolist(), idx, steered))
+                flags = watch.get(rid) if samples else None
+                pending.append(_Pending(rid, pr.probe_id if pr else None, (idx - s + first).tolist(), idx, flags))
         if len(self._requests) > len(req_ids):
             live = set(req_ids)
             for rid in [r for r in self._requests if r not in live]:
@@ -145,31 +145,40 @@ class ProbeReadout:
                 a.fill_(int(active))
             self._was_active = active
 
-    def collect(self) -> tuple[StepMessage | None, dict[str, np.ndarray]]:
+    def collect(self, decide: Callable[[dict[str, np.ndarray]], Mapping[str, int]] | None = None
+                ) -> tuple[StepMessage | None, dict[str, np.ndarray]]:
         """After the forward pass: the rows chosen in :meth:`prepare`.
 
-        Returns the message for the API process (requests with a probe id) and, per gated
-        request, the calibrated scores ``[P]`` of its sampling row.
+        Returns the message for the API process (requests with a probe id) and, per watched
+        request, the calibrated scores ``[P]`` of its sampling row. ``decide`` gets those scores
+        before the message is built and returns flag bits decided from them (``CONTRASTED``),
+        which are added to the rows' flags.
         """
         if not self._pending:
+            if decide is not None:
+                decide({})  # gates with no score this step stay closed
             return None, {}
         index = torch.from_numpy(np.concatenate([p.rows for p in self._pending]))
         per_layer = {
             layer: out.index_select(0, index.to(out.device)).cpu().numpy() for layer, out in self.outs.items()
         }
         table = np.stack([per_layer[layer][:, j] for layer, j in self.columns], axis=1)  # [rows, P] logits
-        msg_rows = []
         sampled: dict[str, np.ndarray] = {}
+        blocks = []
         start = 0
         for p in self._pending:
             block = table[start : start + len(p.rows)]
             start += len(p.rows)
-            if p.steered is not None:
+            blocks.append(block)
+            if p.flags is not None:
                 sampled[p.req_id] = 1.0 / (1.0 + np.exp(-block[-1].astype(np.float64)))
+        decided = decide(sampled) if decide is not None else {}
+        msg_rows = []
+        for p, block in zip(self._pending, blocks, strict=True):
             if p.probe_id is not None:
                 flags = [-1] * len(p.positions)
-                if p.steered is not None:
-                    flags[-1] = int(p.steered)
+                if p.flags is not None:
+                    flags[-1] = p.flags | decided.get(p.req_id, 0)
                 msg_rows.append((p.probe_id, p.positions, block.tolist(), flags))
         self._pending = []
         return (StepMessage(names=list(self.names), rows=msg_rows) if msg_rows else None), sampled

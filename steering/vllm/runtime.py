@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,7 @@ from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import steer_hook
 from steering.vllm.gates import GateState
-from steering.vllm.probe_channel import ProbeSender
+from steering.vllm.probe_channel import STEERED, ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
 
 log = logging.getLogger(__name__)
@@ -230,12 +230,14 @@ class SteeringRuntime:
         return plan
 
     # ----------------------------------------------------------------- per step
-    def prepare_step(self, runner: Any) -> None:
+    def prepare_step(self, runner: Any, watch: Mapping[str, int] | None = None) -> None:
+        """Fill the tables for this step's batch. ``watch``: more requests whose sampling row the
+        probe read-out must read (decoding gates), with their flag bits known before the pass."""
         ib = runner.input_batch
         n = int(ib.num_reqs)
         req_ids: list[str] = ib.req_ids[:n]
         touched: dict[int, int] = {}
-        gated: dict[str, bool] = {}  # gated request -> was its sampling row steered this step
+        gated: dict[str, int] = dict(watch or {})  # watched request -> flag bits of its sampling row
         total = 0
         if n:
             qsl = runner.query_start_loc.np
@@ -267,7 +269,7 @@ class SteeringRuntime:
                         self.coef_np[layer, k, :, lo:hi] = ent.coef
                         touched[layer] = max(touched[layer], k + 1)
                 if gates is not None:
-                    gated[rid] = steered_last
+                    gated[rid] = gated.get(rid, 0) | (STEERED if steered_last else 0)
         if len(self._plans) > n:  # forget requests that left the batch
             live = set(req_ids)
             for rid in [r for r in self._plans if r not in live]:
@@ -279,16 +281,25 @@ class SteeringRuntime:
             self.readout.prepare(req_ids, runner.requests, qsl_np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu,
                                  gated)
 
-    def finish_step(self) -> None:
-        """After the forward pass: update gates from the sampled rows' scores, send probe rows."""
+    def finish_step(self, decide: Callable[[Mapping[str, np.ndarray]], Mapping[str, int]] | None = None) -> None:
+        """After the forward pass: update gates from the sampled rows' scores, send probe rows.
+
+        ``decide`` (the decoding gates of :class:`~steering.vllm.stash.HiddenStash`) gets the same
+        scores and returns flag bits for this step's rows (``CONTRASTED``)."""
         if not self.readout:
+            if decide is not None:
+                decide({})
             return
-        msg, sampled = self.readout.collect()
-        for rid, scores in sampled.items():
-            for g in self._gates.get(rid, ()):
-                col = self.readout.column(g.spec.probe)
-                if col is not None:
-                    g.update(float(scores[col]))
+
+        def on_scores(sampled: dict[str, np.ndarray]) -> Mapping[str, int]:
+            for rid, scores in sampled.items():
+                for g in self._gates.get(rid, ()):
+                    col = self.readout.column(g.spec.probe)
+                    if col is not None:
+                        g.update(float(scores[col]))
+            return decide(sampled) if decide is not None else {}
+
+        msg, _ = self.readout.collect(on_scores)
         if msg is not None and self.sender is not None:
             self.sender.send(msg)
 

@@ -12,11 +12,17 @@ runner's batch-row order, which the logits processor sees too) finds the request
 token this step, points row ``i`` of the shared row table at request ``i``'s sampling position,
 and switches on exactly the layers that those requests read. Layers nobody reads cost one skipped
 op call on CPU. After the pass, :meth:`hidden` returns the stashed states of chosen batch rows.
+
+Probe-gated decoding (``decoding.gate``): such requests' sampling rows are also read by the probe
+read-out (:meth:`prepare` returns them as ``watch``); after the pass, :meth:`decide` folds each
+one's score at the decoded position into its :class:`~steering.vllm.gates.GateState` and drops
+the rows whose gate stays closed from ``step_configs``, so the logits processor leaves them plain.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +33,8 @@ from steering.contrastive import layers_needed
 from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
 from steering.spec import EXTRA_ARGS_KEY
 from steering.vllm.custom_op import stash_hook, stash_pre_hook
+from steering.vllm.gates import GateState
+from steering.vllm.probe_channel import CONTRASTED
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +65,10 @@ def parse_decoding_request(extra_args: Any, num_layers: int) -> ResolvedDecoding
 
 class HiddenStash:
     def __init__(self, layers: nn.ModuleList, hidden_size: int, max_reqs: int, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, probe_column: Callable[[str], int | None] | None = None) -> None:
+        """``probe_column``: the probe read-out's column of a probe name (``None``: not loaded),
+        for decoding gates; without it gated configs are rejected (the request decodes plainly)."""
+        self.probe_column = probe_column
         self.num_layers = len(layers)
         self.max_reqs = max_reqs
         self.rows = torch.zeros(max_reqs, dtype=torch.int64, device=device)  # shared by every layer
@@ -84,6 +95,8 @@ class HiddenStash:
         self._requests: dict[str, ResolvedDecoding | None] = {}
         self._on: set[int] = set()
         self.step_configs: list[ResolvedDecoding | None] = []  # per batch row, this step
+        self._gates: dict[str, GateState] = {}
+        self._step_gated: list[tuple[int, str, GateState, int]] = []  # (batch row, request, gate, column)
         self.rejected = 0
 
     def _config(self, req_id: str, state: Any) -> ResolvedDecoding | None:
@@ -99,25 +112,46 @@ class HiddenStash:
                 self.rejected += 1
                 log.warning("truthsteer: premature layers %s of %s are not on this worker", cfg.layers, req_id)
                 cfg = None
+            gate = cfg.gate if cfg is not None else None
+            if gate is not None:
+                if self._column(gate.probe) is None:
+                    self.rejected += 1
+                    log.warning("truthsteer: probe %r of the decoding gate of %s is not loaded", gate.probe, req_id)
+                    cfg = None
+                else:
+                    self._gates[req_id] = GateState(gate)
             self._requests[req_id] = cfg
         return self._requests[req_id]
 
+    def _column(self, probe: str) -> int | None:
+        return self.probe_column(probe) if self.probe_column is not None else None
+
     def prepare(self, req_ids: list[str], states: Any, qsl: np.ndarray, num_prompt: np.ndarray,
-                num_computed: np.ndarray) -> None:
-        """Choose this step's rows and layers (``qsl``: ``query_start_loc`` of the batch)."""
+                num_computed: np.ndarray) -> dict[str, int]:
+        """Choose this step's rows and layers (``qsl``: ``query_start_loc`` of the batch).
+
+        Returns the requests with a decoding gate that sample this step (their sampling rows must
+        be read by the probe read-out), each with flag bits 0."""
         n = len(req_ids)
         configs: list[ResolvedDecoding | None] = [None] * n
+        gated: list[tuple[int, str, GateState, int]] = []
         for i, rid in enumerate(req_ids):
             cfg = self._config(rid, states.get(rid))
             s, e = int(qsl[i]), int(qsl[i + 1])
             if cfg is None or e <= s or int(num_computed[i]) + (e - s) < int(num_prompt[i]):
                 continue  # plain, not scheduled, or a partial prefill chunk (its sample is discarded)
             configs[i] = cfg
+            if cfg.gate is not None:
+                col = self._column(cfg.gate.probe)
+                assert col is not None  # checked in _config
+                gated.append((i, rid, self._gates[rid], col))
         if len(self._requests) > n:
             live = set(req_ids)
             for rid in [r for r in self._requests if r not in live]:
                 del self._requests[rid]
+                self._gates.pop(rid, None)
         self.step_configs = configs
+        self._step_gated = gated
         on = set(layers_needed(configs))
         if on:
             # every batch row points at its last scheduled token (valid for this step's tokens);
@@ -130,6 +164,26 @@ class HiddenStash:
         for k in on | self._on:
             self.actives[k].fill_(n if k in on else 0)
         self._on = on
+        return {rid: 0 for _, rid, _, _ in gated}
+
+    def decide(self, sampled: Mapping[str, np.ndarray]) -> dict[str, int]:
+        """After the pass, before sampling: update the decoding gates from the probe scores at the
+        decoded positions (``sampled``: request -> calibrated scores ``[P]``) and leave the rows of
+        closed gates plain this step. Returns ``CONTRASTED`` or 0 per gated request."""
+        out: dict[str, int] = {}
+        for i, rid, gate, col in self._step_gated:
+            scores = sampled.get(rid)
+            if scores is None:  # never read: decode plainly rather than guess
+                log.warning("truthsteer: no probe score for the decoding gate of %s; step left plain", rid)
+                self.step_configs[i] = None
+                out[rid] = 0
+                continue
+            gate.update(float(scores[col]))
+            if not gate.open:
+                self.step_configs[i] = None
+            out[rid] = CONTRASTED if gate.open else 0
+        self._step_gated = []
+        return out
 
     def hidden(self, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """The stashed stream of premature layer ``layer`` at batch rows ``rows``: ``[len(rows), H]``."""

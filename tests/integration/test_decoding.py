@@ -123,3 +123,49 @@ def test_junk_decoding_from_raw_vllm_runs_plain(steered: Any) -> None:
     p = "Robustness: the moon is a"
     bad_out, ok_out = steered.llm.generate([p, p], [junk, sampling()], use_tqdm=False)
     assert signature(bad_out) == signature(ok_out)
+
+
+def _probe_gate(llm: Any, below: float) -> Any:
+    """The truth bundle's calibrated probe on HF hidden states, deciding like a window-1 gate."""
+    import torch
+
+    b = llm.bundles["truth"]
+    meta = b.meta.probe
+    w, cal = b.probe_weight.float(), meta.calibration
+
+    def gate(hidden: Any) -> tuple[bool, float]:
+        h = hidden[meta.layer + 1][0, -1].float()  # probe layer k reads the output of decoder layer k
+        score = float(torch.sigmoid(cal.a * (h @ w + meta.bias) + cal.b))
+        return score < below, score
+
+    return gate
+
+
+def test_probe_gated_dola_contrasts_exactly_the_flagged_steps_like_the_reference(steered: Any, hf_model: Any) -> None:
+    """Each step is contrasted iff the truth probe at the decoded position (same pass) is below the
+    threshold: vLLM's tokens equal the HF reference that gates on the same probe. Steps whose score
+    lies within 3e-3 of the threshold (the two paths' float noise) disqualify their prompt."""
+    prompts = PROMPTS[:6]
+    cfg = steered.resolve_decoding(DOLA)
+    assert cfg is not None
+    first = [dola_reference.generate(hf_model, _ids(steered, p), method="dola", layers=cfg.layers, alpha=cfg.alpha,
+                                     max_new_tokens=NEW_TOKENS, gate=_probe_gate(steered, 2.0)) for p in prompts]
+    scores = sorted(s.gate_score for steps in first for s in steps if s.gate_score is not None)
+    below = scores[len(scores) // 2]  # fires on about half of the steps
+    gate = {"probe": "truth", "below": below}
+    got = _vllm_tokens(steered, prompts, {**DOLA, "gate": gate})
+    checked = fired = held = 0
+    for prompt, tokens in zip(prompts, got, strict=True):
+        ref = dola_reference.generate(hf_model, _ids(steered, prompt), method="dola", layers=cfg.layers,
+                                      alpha=cfg.alpha, max_new_tokens=NEW_TOKENS, gate=_probe_gate(steered, below))
+        if any(abs((s.gate_score or 0.0) - below) < 3e-3 for s in ref):
+            continue
+        assert tokens == [s.token for s in ref], prompt
+        checked += 1
+        fired += sum(s.contrasted for s in ref)
+        held += sum(not s.contrasted for s in ref)
+    assert checked >= 3 and fired > 0 and held > 0, (checked, fired, held)
+    never = _vllm_tokens(steered, prompts[:3], {**DOLA, "gate": {"probe": "truth", "below": -1.0}})
+    always = _vllm_tokens(steered, prompts[:3], {**DOLA, "gate": {"probe": "truth", "above": -1.0}})
+    assert never == _vllm_tokens(steered, prompts[:3], None)
+    assert always == _vllm_tokens(steered, prompts[:3], DOLA)

@@ -149,7 +149,7 @@ def test_channel_routes_rows_by_probe_id_and_waits_for_late_rows() -> None:
         assert got["truth"][:2] == pytest.approx([1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))])
         assert got["truth"][2] is None and got["nope"] == [None, None, None]
         assert receiver.unclaimed == 1
-        assert b.steered == {8: True} and a.steered == {}
+        assert b.flags == {8: 1} and a.flags == {}
         assert not await receiver.wait(a, range(5, 6), timeout=0.1)  # never sent: times out, no hang
         late = asyncio.create_task(receiver.wait(a, range(5, 6), timeout=5))
         await asyncio.sleep(0.05)

@@ -16,7 +16,7 @@ from server.app import create_app
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
-from steering.vllm.probe_channel import ProbeSender, StepMessage
+from steering.vllm.probe_channel import CONTRASTED, STEERED, ProbeSender, StepMessage
 from tests.unit.helpers import INFO, make_bundle
 
 KEY = "sk-unit"
@@ -24,6 +24,13 @@ KEY = "sk-unit"
 
 def fake_logit(prompt_len: int, position: int) -> float:
     return 0.25 * position - 0.1 * prompt_len
+
+
+def flags(step: int, gated: bool, decode_gated: bool) -> int:
+    """The worker's flags of a sampling row: steered from the second step on, contrasted every other step."""
+    if not (gated or decode_gated):
+        return -1
+    return (STEERED if gated and step >= 1 else 0) | (CONTRASTED if decode_gated and step % 2 == 0 else 0)
 
 
 class FakeEngine:
@@ -44,13 +51,14 @@ class FakeEngine:
         ext = (params.extra_args or {}).get("truthsteer") or {}
         probe = ext.get("probes")
         gated = any(op.get("gate") for op in ext.get("steering", []))
+        decode_gated = bool((ext.get("decoding") or {}).get("gate"))
         steps = min(params.max_tokens, 3)
         for step in range(steps):
             pos = len(ids) - 1 + step
             if probe:
                 rows = [pos] if not probe["prompt"] or step else list(range(len(ids)))
                 self.sender.send(StepMessage(["truth"], [(probe["id"], rows, [[fake_logit(len(ids), p)] for p in rows],
-                                                              [-1] * (len(rows) - 1) + [int(step >= 1) if gated else -1])]))
+                                                              [-1] * (len(rows) - 1) + [flags(step, gated, decode_gated)])]))
                 await asyncio.sleep(0)
             plp = None
             if params.prompt_logprobs is not None and step == 0:
@@ -171,6 +179,9 @@ def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
         ({"decoding": {"method": "dola", "weights": [1]}}, 400, "decoding.weights"),
         ({"decoding": {"method": "beam"}}, 400, "decoding.method"),
         ({"decoding": "dola"}, 400, "decoding"),
+        ({"decoding": {"method": "dola", "gate": {"probe": "nope", "below": 0.5}}}, 400, "decoding.gate.probe"),
+        ({"decoding": {"method": "dola", "gate": {"probe": "truth", "below": 0.5, "initial": "open"}}}, 400,
+         "decoding.gate.initial"),
         ({"probes": ["honesty"]}, 400, "probes[0]"),
         ({"probes": "some"}, 400, "probes"),
         ({"max_tokens": 1000}, 400, "max_tokens"),
@@ -365,6 +376,35 @@ def test_interventions_count_steered_tokens(app_client: Any) -> None:
     assert params.extra_args["truthsteer"]["probes"]["id"]  # gated requests get a probe id
     plain = app_client.post("/v1/completions", json=base).json()["choices"][0]
     assert "interventions" not in plain
+
+
+def test_interventions_count_contrasted_tokens_of_probe_gated_decoding(app_client: Any) -> None:
+    base = {"model": "tiny", "prompt": "abcd", "max_tokens": 3}
+
+    def iv(**extra: Any) -> dict[str, Any]:
+        r = app_client.post("/v1/completions", json={**base, **extra})
+        assert r.status_code == 200, r.text
+        return dict(r.json()["choices"][0]["interventions"])
+
+    def contrasted_total() -> float:
+        line = 'truthsteer_intervention_tokens_total{direction="dola",kind="contrasted"} '
+        text = app_client.get("/metrics").text
+        return float(text.split(line, 1)[1].split()[0])
+
+    before = contrasted_total()
+    gate = {"probe": "truth", "below": 0.5, "hold": 1}
+    assert iv(decoding={"method": "dola"}) == {"steered_tokens": 0, "contrasted_tokens": 3}
+    # the fake worker flags steps 0 and 2 as contrasted
+    assert iv(decoding={"method": "dola", "gate": gate}) == {"steered_tokens": 0, "contrasted_tokens": 2}
+    _prompt, params, _ = app_client.engine.requests[-1]
+    ext = params.extra_args["truthsteer"]
+    assert ext["probes"]["id"] and ext["decoding"]["gate"] == {**gate, "above": None, "window": 1, "initial": "closed"}
+    both = iv(decoding={"method": "dola", "gate": gate},
+              steering=[{"direction": "truth", "gate": {"probe": "truth", "below": 0.5}}])
+    assert both == {"steered_tokens": 2, "contrasted_tokens": 2}
+    # an entropy gate decides in the sampler, after the flags: the count is unknown
+    assert iv(decoding={"method": "dola", "gate": gate, "entropy_threshold": 1.0})["contrasted_tokens"] is None
+    assert contrasted_total() - before == 3 + 2 + 2
 
 
 def test_echo_with_logprobs_scores_the_prompt(app_client: Any) -> None:
