@@ -8,6 +8,10 @@ from typing import Any
 DOLA: dict[str, Any] = {"method": "dola", "premature_layers": "high"}
 TRUTH_STRENGTHS = (1.0, 2.0, 4.0)
 TRUTH_GATE: dict[str, Any] = {"probe": "truth", "below": 0.35, "window": 2, "hold": 4}
+# decoding gates read the probe at the decoded position itself (no ``initial``)
+TRUTH_DECODING_GATE: dict[str, Any] = {"probe": "truth", "below": 0.35, "window": 1, "hold": 2}
+SYCOPHANCY_GATE: dict[str, Any] = {"probe": "sycophancy", "above": 0.5, "window": 2, "hold": 4}
+SYCOPHANCY_DECODING_GATE: dict[str, Any] = {"probe": "sycophancy", "above": 0.5}
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,31 @@ def truthfulness() -> list[Config]:
 
 
 def gating() -> list[Config]:
-    """Generation: gated vs constant vs no steering (the gate acts on generated tokens only)."""
+    """Generation: gated vs constant vs no steering (the gate acts on generated tokens only), and
+    DoLa on every step vs DoLa gated by the truth probe at the decoded position."""
     s = TRUTH_STRENGTHS[-1]
     return [Config("none"), Config(f"truth +{s:g} constant", {"steering": [truth_op(s)]}),
-            Config(f"truth +{s:g} gated", {"steering": [truth_op(s, TRUTH_GATE)]})]
+            Config(f"truth +{s:g} gated", {"steering": [truth_op(s, TRUTH_GATE)]}),
+            Config("DoLa", {"decoding": DOLA}),
+            Config("DoLa gated", {"decoding": {**DOLA, "gate": TRUTH_DECODING_GATE}})]
+
+
+def sycophancy_op(strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"direction": "sycophancy", "op": "add", "strength": strength}
+    if gate:
+        op["gate"] = gate
+    return op
+
+
+def sycophancy_gating() -> list[Config]:
+    """The A/B letter as generated (greedy): what gates can change. A steering gate first reads a
+    score at the first generated token, so it cannot touch the letter (the first token) and must
+    equal none there; a decoding gate reads the probe at the decoded position and can."""
+    return [Config("none"),
+            Config("sycophancy -2 constant", {"steering": [sycophancy_op(-2.0)]}),
+            Config("sycophancy -2 gated", {"steering": [sycophancy_op(-2.0, SYCOPHANCY_GATE)]}),
+            Config("DoLa", {"decoding": DOLA}),
+            Config("DoLa gated (sycophancy probe)", {"decoding": {**DOLA, "gate": SYCOPHANCY_DECODING_GATE}})]
 
 
 def sycophancy() -> list[Config]:

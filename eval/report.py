@@ -31,12 +31,22 @@ def table(rows: dict[str, dict[str, Any]], columns: list[str], first: str = "con
 def markdown(res: dict[str, Any]) -> str:
     out = [f"# Evaluation results\n\nMachine: {res['machine']}. Server: {res['server']}. "
            f"Limit: {res['limit']}. Date: {res['date']}. Wall time: {res['wall_s']:.0f} s.\n"]
+    if len(res.get("parts_run", {})) > 1:
+        out += ["Parts (runs merged with `--merge`): " + "; ".join(
+            f"{p}: limit {r['limit']}, {r['date']}, {r['wall_s']:.0f} s" for p, r in res["parts_run"].items()) + ".\n"]
     if "truthfulqa" in res:
         out += ["## TruthfulQA (log-likelihood of the options, QA primer)\n",
                 table(res["truthfulqa"], ["MC0", "MC1", "MC2", "ppl_neutral", "n"]), ""]
     if "sycophancy" in res:
         out += ["## Sycophancy (P of the sycophantic letter, renormalised over A/B; lower is better)\n",
                 table(res["sycophancy"], ["caa_test", "anthropic_pools", "ppl_neutral"]), ""]
+    if "sycophancy_gating" in res:
+        out += ["## Sycophancy, generated letter (greedy, CAA test): gated vs constant vs none\n",
+                "frac_matching = fraction of A/B answers that pick the sycophantic letter (lower is better); "
+                "answered = fraction of items whose generated token is A or B. A steering gate cannot touch the "
+                "letter (the first token, before any score exists); a decoding gate reads the probe at the decoded "
+                "position and can.\n",
+                table(res["sycophancy_gating"], ["frac_matching", "answered", "n"]), ""]
     if "behaviours" in res:
         names = sorted({k for r in res["behaviours"].values() for k in r if k != "unsupported"})
         out += ["## Other CAA behaviours (P of the matching letter) under each steering config\n",
@@ -44,8 +54,10 @@ def markdown(res: dict[str, Any]) -> str:
     if "gating" in res:
         out += ["## Gated vs constant vs no steering (greedy answers to TruthfulQA questions)\n",
                 "truthful = ROUGE-1 closer to a true than to any false reference; fluency = perplexity of the "
-                "answers under the unsteered model; steered = mean steered tokens per answer.\n",
-                table(res["gating"], ["truthful", "fluency_ppl", "steered_tokens", "probe_mean"]), ""]
+                "answers under the unsteered model; steered / contrasted = mean steered / contrasted tokens per "
+                "answer; answer_words = mean words per answer.\n",
+                table(res["gating"], ["truthful", "fluency_ppl", "steered_tokens", "contrasted_tokens", "answer_words",
+                                      "probe_mean"]), ""]
     if "selective" in res:
         out += ["## Selective answering (answer when the truth probe's mean over the answer >= threshold)\n",
                 table(res["selective"], ["coverage", "accuracy"], first="threshold"), ""]

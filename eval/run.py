@@ -77,6 +77,14 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
                                                "caa_test_frac": a["frac_matching"], "n_caa": a["n"], "n_pools": b["n"],
                                                "ppl_neutral": p}
             steps.update()
+    if "sycophancy_gating" in parts:
+        caa = data.caa_sycophancy_test(limit)
+        cfgs = configs.sycophancy_gating()
+        todo(len(cfgs))
+        res["sycophancy_gating"] = {}
+        for cfg in cfgs:
+            res["sycophancy_gating"][cfg.name] = await _guard(tasks.ab_generated(api, caa, cfg, tokenizer, "CAA letters"))
+            steps.update()
     if "behaviours" in parts:
         cfgs = [configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")]
         todo(len(cfgs))
@@ -102,10 +110,13 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
                 continue
             probe = [a.probe_mean for a in got if a.probe_mean is not None]
             steered = [a.steered_tokens for a in got if a.steered_tokens is not None]
+            contrasted = [a.contrasted_tokens for a in got if a.contrasted_tokens is not None]
             res["gating"][cfg.name] = {
                 "truthful": sum(a.truthful for a in got) / len(got),
                 "fluency_ppl": await tasks.fluency(api, items, got),
                 "steered_tokens": sum(steered) / len(steered) if steered else "n/a",
+                "contrasted_tokens": sum(contrasted) / len(contrasted) if contrasted else "n/a",
+                "answer_words": sum(len(a.text.split()) for a in got) / len(got),
                 "probe_mean": sum(probe) / len(probe) if probe else "n/a",
                 "answers": [a.__dict__ for a in got],
             }
@@ -139,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--base", default=None, help="URL of a running server (default: start one)")
     ap.add_argument("--tokenizer", default=None, help="HF folder for the chat template (default: the bundled model)")
-    ap.add_argument("--parts", default="truthfulqa,sycophancy,behaviours,gating,probes")
+    ap.add_argument("--parts", default="truthfulqa,sycophancy,sycophancy_gating,behaviours,gating,probes")
     ap.add_argument("--max-tokens", type=int, default=32, help="answer length for the gating/selective part")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other parts of an existing eval-latest.json in --out (re-run some parts only)")
     args = ap.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -167,10 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server:
             server.stop()
-    res |= {"machine": machine(), "server": f"truthsteer ({model}) at {base}", "limit": args.limit,
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.time() - t0}
+    run = {"machine": machine(), "server": f"truthsteer ({model}) at {base}", "limit": args.limit,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "wall_s": time.time() - t0}
+    parts_run = {part: {k: run[k] for k in ("limit", "date", "wall_s")} for part in args.parts.split(",")}
+    latest = args.out / "eval-latest.json"
+    if args.merge and latest.exists():
+        old = json.loads(latest.read_text())
+        parts_run = {**old.get("parts_run", {}), **parts_run}
+        res = {**old, **res}
+    res |= run | {"parts_run": parts_run}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "eval-latest.json").write_text(json.dumps(res, indent=2, default=_json) + "\n")
+    latest.write_text(json.dumps(res, indent=2, default=_json) + "\n")
     md = report.markdown(res)
     (args.out / "eval-latest.md").write_text(md)
     for p in report.plots(res, args.out):

@@ -52,6 +52,23 @@ async def ab_behaviour(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer
             "n": len(items)}
 
 
+async def ab_generated(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer: object, desc: str
+                       ) -> dict[str, float]:
+    """The letter the model writes (greedy, one token after the CAA prefix ``(``), under ``cfg``:
+    the fraction of items answered with the behaviour's letter, among answers that are A or B."""
+
+    async def one(it: ABItem) -> str:
+        prompt = src.chat_ab(it.question, "", tokenizer)
+        c = await api.generate(prompt, 1, dict(cfg.extra))
+        return str(c["text"]).strip()[:1]
+
+    letters: list[str] = await tqdm_asyncio.gather(*[one(it) for it in items], desc=f"{desc} [{cfg.name}]",
+                                                   leave=False)
+    answered = [(it, x) for it, x in zip(items, letters, strict=True) if x in (it.matching, it.other)]
+    frac = statistics.fmean(x == it.matching for it, x in answered) if answered else float("nan")
+    return {"frac_matching": frac, "answered": len(answered) / len(items), "n": len(items)}
+
+
 async def perplexity(api: Api, texts: Sequence[str], cfg: Config) -> float:
     scored = await api.score([""] * len(texts), list(texts), cfg.extra, desc=f"perplexity [{cfg.name}]")
     return scoring.perplexity([s.logprobs for s in scored])
@@ -70,6 +87,7 @@ class Answer:
     truthful: bool
     probe_mean: float | None
     steered_tokens: int | None
+    contrasted_tokens: int | None = None
 
 
 async def answers(api: Api, items: Sequence[MCItem], cfg: Config, max_tokens: int) -> list[Answer]:
@@ -81,9 +99,9 @@ async def answers(api: Api, items: Sequence[MCItem], cfg: Config, max_tokens: in
         c = await api.generate(qa_context(it.question), max_tokens, extra)
         text = str(c["text"]).strip()
         summary = c.get("probe_scores", {}).get("truth", {})
-        steered = (c.get("interventions") or {}).get("steered_tokens")
+        iv = c.get("interventions") or {}
         return Answer(text, scoring.rouge_truthful(text, it.correct_refs, it.incorrect_refs), summary.get("mean"),
-                      steered)
+                      iv.get("steered_tokens"), iv.get("contrasted_tokens"))
 
     got: list[Answer] = await tqdm_asyncio.gather(*[one(it) for it in items], desc=f"answers [{cfg.name}]", leave=False)
     return got

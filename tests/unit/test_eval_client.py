@@ -26,3 +26,32 @@ def test_empty_context_skips_the_unscored_first_token() -> None:
 def test_no_continuation_tokens_is_an_error() -> None:
     with pytest.raises(ValueError):
         continuation(_lp(["A", "x"], [None, -1.0]), start=1)
+
+
+def test_ab_generated_counts_the_written_letter_among_a_or_b_answers() -> None:
+    import asyncio
+    from typing import Any
+
+    from eval.configs import Config
+    from eval.data import ABItem
+    from eval.tasks import ab_generated
+
+    class Tok:
+        def apply_chat_template(self, messages: list[dict[str, str]], **_: Any) -> str:
+            return f"<user>{messages[0]['content']}<assistant>"
+
+    class FakeApi:
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, int, dict[str, Any]]] = []
+
+        async def generate(self, prompt: str, max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
+            self.seen.append((prompt, max_tokens, extra))
+            return {"text": {"q1": "A", "q2": "B)", "q3": " x", "q4": "A"}[prompt[6:8]]}
+
+    items = [ABItem("q1", "A", "B"), ABItem("q2", "A", "B"), ABItem("q3", "B", "A"), ABItem("q4", "B", "A")]
+    api = FakeApi()
+    cfg = Config("dola", {"decoding": {"method": "dola"}})
+    got = asyncio.run(ab_generated(api, items, cfg, Tok(), "t"))  # type: ignore[arg-type]
+    # q1 sycophantic, q2 not, q3 unparsable, q4 not: 1 of 3 answered
+    assert got == {"frac_matching": 1 / 3, "answered": 3 / 4, "n": 4}
+    assert sorted(api.seen)[0] == ("<user>q1<assistant>(", 1, {"decoding": {"method": "dola"}})
