@@ -33,7 +33,13 @@ async def _guard(coro: Any) -> Any:
         return {"unsupported": f"unsupported ({e.status})", "error": str(e)}
 
 
-async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[str], max_tokens: int) -> dict[str, Any]:
+def pick(cfgs: list[Config], only: set[str] | None) -> list[Config]:
+    """The configs named in ``only`` (all when ``None``)."""
+    return cfgs if only is None else [c for c in cfgs if c.name in only]
+
+
+async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[str], max_tokens: int,
+                   only: set[str] | None = None) -> dict[str, Any]:
     res: dict[str, Any] = {}
     neutral = data.neutral_texts(limit)
     ppl: dict[str, float | dict[str, str]] = {}
@@ -51,7 +57,7 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
 
     if "truthfulqa" in parts:
         items = data.truthfulqa(limit)
-        cfgs = configs.truthfulness()
+        cfgs = pick(configs.truthfulness(), only)
         todo(len(cfgs))
         res["truthfulqa"] = {}
         for cfg in cfgs:
@@ -63,7 +69,7 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "sycophancy" in parts:
         caa, pools = data.caa_sycophancy_test(limit), data.anthropic_pools(limit)
-        cfgs = configs.sycophancy()
+        cfgs = pick(configs.sycophancy(), only)
         todo(len(cfgs))
         res["sycophancy"] = {}
         for cfg in cfgs:
@@ -79,14 +85,14 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "sycophancy_gating" in parts:
         caa = data.caa_sycophancy_test(limit)
-        cfgs = configs.sycophancy_gating()
+        cfgs = pick(configs.sycophancy_gating(), only)
         todo(len(cfgs))
         res["sycophancy_gating"] = {}
         for cfg in cfgs:
             res["sycophancy_gating"][cfg.name] = await _guard(tasks.ab_generated(api, caa, cfg, tokenizer, "CAA letters"))
             steps.update()
     if "behaviours" in parts:
-        cfgs = [configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")]
+        cfgs = pick([configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")], only)
         todo(len(cfgs))
         res["behaviours"] = {}
         for cfg in cfgs:
@@ -98,7 +104,7 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "gating" in parts:
         items = [i for i in data.truthfulqa(limit, seed=1) if i.correct_refs and i.incorrect_refs]
-        cfgs = configs.gating()
+        cfgs = pick(configs.gating(), only)
         todo(len(cfgs))
         res["gating"] = {}
         for cfg in cfgs:
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32, help="answer length for the gating/selective part")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--merge", action="store_true",
-                    help="keep the other parts of an existing eval-latest.json in --out (re-run some parts only)")
+                    help="keep what an existing eval-latest.json in --out has (re-run some parts or configs only)")
+    ap.add_argument("--only", default=None, help="run only the configs with these names (comma-separated)")
     args = ap.parse_args(argv)
 
     from transformers import AutoTokenizer
@@ -172,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
 
         async def go() -> dict[str, Any]:
             try:
-                return await evaluate(api, args.limit, tokenizer, set(args.parts.split(",")), args.max_tokens)
+                return await evaluate(api, args.limit, tokenizer, set(args.parts.split(",")), args.max_tokens,
+                                      set(args.only.split(",")) if args.only else None)
             finally:
                 await api.close()
 
@@ -187,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and latest.exists():
         old = json.loads(latest.read_text())
         parts_run = {**old.get("parts_run", {}), **parts_run}
-        res = {**old, **res}
+        # per config: rows of configs not re-run are kept
+        res = {**old, **{k: ({**old[k], **v} if isinstance(v, dict) and isinstance(old.get(k), dict) else v)
+                         for k, v in res.items()}}
     res |= run | {"parts_run": parts_run}
     args.out.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps(res, indent=2, default=_json) + "\n")
