@@ -20,11 +20,15 @@ class Config:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def truth_op(strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"direction": "truth", "op": "add", "strength": strength}
+def add_op(direction: str, strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"direction": direction, "op": "add", "strength": strength}
     if gate:
         op["gate"] = gate
     return op
+
+
+def truth_op(strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
+    return add_op("truth", strength, gate)
 
 
 def truthfulness() -> list[Config]:
@@ -46,20 +50,13 @@ def gating() -> list[Config]:
             Config("DoLa gated", {"decoding": {**DOLA, "gate": TRUTH_DECODING_GATE}})]
 
 
-def sycophancy_op(strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
-    op: dict[str, Any] = {"direction": "sycophancy", "op": "add", "strength": strength}
-    if gate:
-        op["gate"] = gate
-    return op
-
-
 def sycophancy_gating() -> list[Config]:
     """The A/B letter as generated (greedy): what gates can change. A steering gate first reads a
     score at the first generated token, so it cannot touch the letter (the first token) and must
     equal none there; a decoding gate reads the probe at the decoded position and can."""
     return [Config("none"),
-            Config("sycophancy -2 constant", {"steering": [sycophancy_op(-2.0)]}),
-            Config("sycophancy -2 gated", {"steering": [sycophancy_op(-2.0, SYCOPHANCY_GATE)]}),
+            Config("sycophancy -2 constant", {"steering": [add_op("sycophancy", -2.0)]}),
+            Config("sycophancy -2 gated", {"steering": [add_op("sycophancy", -2.0, SYCOPHANCY_GATE)]}),
             Config("DoLa", {"decoding": DOLA}),
             Config("DoLa gated (sycophancy probe)", {"decoding": {**DOLA, "gate": SYCOPHANCY_DECODING_GATE}})]
 
