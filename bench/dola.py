@@ -7,6 +7,8 @@ one truthsteer engine, in alternating rounds (``--repeats``), median tokens/s of
       runs the LM head over the whole vocabulary for every candidate layer of every row
   (c) fixed contrast with one layer (``contrast``, ``[16]``): the sparse path, premature logits
       only at the plausible tokens
+  (e) DoLa ``"high"`` gated by the truth probe at the decoded position (``GATED``): the probe is
+      read in the same pass; closed steps skip the premature LM heads
 and, for comparison, (d) the same DoLa workload through HF transformers: one batched greedy loop
 (left padding, KV cache, ``output_hidden_states``) with the same maths
 (:func:`steering.contrastive.apply_contrast`). Ratios b/a, c/a, b/d; writes
@@ -26,6 +28,7 @@ from bench.steering import workload, write_result
 RESULTS = Path(__file__).resolve().parent / "results"
 DOLA = {"method": "dola", "premature_layers": "high"}
 CONTRAST = {"method": "contrast", "premature_layers": [16]}
+GATED = {**DOLA, "gate": {"probe": "truth", "below": 0.5}}
 
 
 def timed(llm: Any, prompts: list[str], params: Any, decoding: Any) -> float:
@@ -90,22 +93,27 @@ def main() -> int:
     eng = SteeredLLM(model=args.model)
     timed(eng, prompts[:8], params, None)  # warm-up
     timed(eng, prompts[:8], params, DOLA)
-    runs: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    runs: dict[str, list[float]] = {"a": [], "b": [], "c": [], "e": []}
     for _ in range(args.repeats):
         runs["a"].append(timed(eng, prompts, params, None))
         runs["b"].append(timed(eng, prompts, params, DOLA))
         runs["c"].append(timed(eng, prompts, params, CONTRAST))
+        runs["e"].append(timed(eng, prompts, params, GATED))
+    (stats,) = eng.llm.collective_rpc("truthsteer_decoding_stats")
     model_path = eng.prepared.model_path
     eng.llm.llm_engine.engine_core.shutdown()
-    a, b, c = (statistics.median(runs[k]) for k in "abc")
+    a, b, c, e = (statistics.median(runs[k]) for k in "abce")
     d = None if args.skip_hf else hf_dola(model_path, prompts, args.tokens, DOLA)
 
     result: dict[str, Any] = {
         "benchmark": "contrastive-decoding",
         "workload": {"requests": args.requests, "new_tokens": args.tokens, "greedy": True, "repeats": args.repeats},
         "tokens_per_s": {"a_greedy": round(a, 2), "b_dola_high": round(b, 2), "c_contrast_one_layer": round(c, 2),
-                         "d_hf_dola_high": None if d is None else round(d, 2)},
-        "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3), "b/d": None if d is None else round(b / d, 3)},
+                         "d_hf_dola_high": None if d is None else round(d, 2), "e_dola_probe_gated": round(e, 2)},
+        "ratios": {"b/a": round(b / a, 3), "c/a": round(c / a, 3), "b/d": None if d is None else round(b / d, 3),
+                   "e/a": round(e / a, 3)},
+        "gate": GATED["gate"],
+        "decoding_stats": stats,
         "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
     }
     out = write_result("dola-latest", result)
@@ -115,6 +123,7 @@ def main() -> int:
     print(f"{'(c) contrast, one layer':<36}{c:>10.1f}{c / a:>8.3f}")
     if d is not None:
         print(f"{'(d) DoLa high, HF transformers':<36}{d:>10.1f}{d / a:>8.3f}")
+    print(f"{'(e) DoLa high, truth-probe gated':<36}{e:>10.1f}{e / a:>8.3f}")
     print(f"wrote {out}")
     return 0
 
