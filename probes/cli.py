@@ -47,7 +47,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     t.add_argument("--kind", default="custom", help="bundle kind for --dataset (truth, sycophancy, custom)")
     t.add_argument("--strength", type=float, default=1.0, help="recommended strength")
     t.add_argument("--test-frac", type=float, default=0.2)
-    t.add_argument("--max-per-dataset", type=int, default=None, help="seeded subsample, whole groups")
+    t.add_argument("--max-per-dataset", type=int, default=None,
+                   help="seeded subsample of each training file, whole groups (with --preset: instead of "
+                   "the preset's own, e.g. to fit a larger model's CPU budget)")
     t.add_argument("--out", type=Path, required=True, help="output .safetensors path")
     t.set_defaults(func=_train)
 
@@ -56,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     e.add_argument("--bundle", type=Path, required=True)
     e.add_argument("--dataset", required=True, help="comma-separated dataset specs")
     e.add_argument("--max-items", type=int, default=400, help="seeded subsample per dataset (0: all)")
+    _preset_size(e)
     e.add_argument("--out", type=Path, default=None, help="write the table here (.md) and as .json")
     e.set_defaults(func=_eval)
 
@@ -67,8 +70,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.add_argument("--max-items", type=int, default=400, help="seeded subsample per dataset (0: all)")
     c.add_argument("--test-frac", type=float, default=0.3)
     c.add_argument("--title", default="Direction geometry and transfer")
+    _preset_size(c)
     c.add_argument("--out", type=Path, required=True, help="output folder (report.md + PNGs)")
     c.set_defaults(func=_compare)
+
+
+def _preset_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-per-dataset", type=int, default=None,
+                   help="the preset subsample the bundle was trained with (`train --preset P "
+                   "--max-per-dataset N`), so heldout:P / preset:P specs are that run's exact splits")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -80,8 +90,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 class _Ctx:
     """The model, tokenizer and fingerprint, loaded once per command."""
 
-    def __init__(self, model: str | None, batch_size: int) -> None:
+    def __init__(self, model: str | None, batch_size: int, max_per_dataset: int | None = None) -> None:
         folder = resolve_model(model)
+        self.max_per_dataset = max_per_dataset  # overrides the presets' own subsample size
         self.info: ModelInfo = describe(folder)
         self.model, self.tok = load_hf(folder)
         self.bs = batch_size
@@ -104,9 +115,16 @@ class _Ctx:
             self.acts(data)
 
 
-def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float) -> tuple[list[ds.Dataset], ds.Dataset, ds.Dataset]:
-    """(subsampled parts, train set, test set) of a preset, exactly as ``train --preset`` uses them."""
-    parts = [ds.subsample(sources.builtin(n, tok), preset.max_per_dataset, seed) for n in preset.train]
+def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float,
+                max_per_dataset: int | None = None) -> tuple[list[ds.Dataset], ds.Dataset, ds.Dataset]:
+    """(subsampled parts, train set, test set) of a preset, exactly as ``train --preset`` uses them.
+
+    ``max_per_dataset`` replaces the preset's subsample size. Subsamples are prefixes of one seeded
+    group order and the split hashes each group, so a smaller run's held-out groups are held out
+    in the full preset too (and its training groups are on the full preset's training side).
+    """
+    size = max_per_dataset if max_per_dataset is not None else preset.max_per_dataset
+    parts = [ds.subsample(sources.builtin(n, tok), size, seed) for n in preset.train]
     train_set = ds.concat("+".join(preset.train), parts)
     if preset.test:
         test_set = ds.concat("+".join(preset.test), [sources.builtin(n, tok) for n in preset.test])
@@ -129,7 +147,7 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
         if name not in PRESETS:
             raise ds.DatasetError(f"{spec}: unknown preset {name!r} (have {sorted(PRESETS)})")
         preset = PRESETS[name]
-        _, train, test = preset_sets(preset, ctx.tok, seed, 0.2)
+        _, train, test = preset_sets(preset, ctx.tok, seed, 0.2, ctx.max_per_dataset)
         ctx.preload(train)
         ctx.preload(test)
         if part and part not in preset.train:
@@ -138,7 +156,8 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
             raise ds.DatasetError(f"{spec}: name the part, preset:{name}:PART")
         if not part:
             return ds.subsample(test, max_items or None, seed)
-        one = ds.subsample(sources.builtin(part, ctx.tok), preset.max_per_dataset, seed)
+        size = ctx.max_per_dataset if ctx.max_per_dataset is not None else preset.max_per_dataset
+        one = ds.subsample(sources.builtin(part, ctx.tok), size, seed)
         if kind == "heldout" and not preset.test:
             one = ds.split_dataset(one, 0.2, seed)[1]
         return ds.subsample(ds.Dataset(spec, one.examples, one.path, one.license), max_items or None, seed)
@@ -149,7 +168,7 @@ def _train(args: argparse.Namespace) -> int:
     ctx = _Ctx(args.model, args.batch_size)
     if args.preset:
         preset = PRESETS[args.preset]
-        parts, train_set, test_set = preset_sets(preset, ctx.tok, args.seed, args.test_frac)
+        parts, train_set, test_set = preset_sets(preset, ctx.tok, args.seed, args.test_frac, args.max_per_dataset)
         name, kind, desc, strength = preset.name, preset.kind, preset.description, preset.recommended_strength
     else:
         parts = [ds.subsample(sources.load(s, ctx.tok), args.max_per_dataset, args.seed) for s in args.dataset.split("+")]
@@ -183,7 +202,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset)
     bundle = load_bundle(args.bundle, ctx.info)
     results = []
     for spec in args.dataset.split(","):
@@ -203,7 +222,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset)
     splits = []
     for spec in args.datasets.split(","):
         data = load_spec(spec, ctx, args.seed, args.max_items)

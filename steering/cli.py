@@ -87,14 +87,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from probes.cli import add_parser as add_probes
+    from steering.models import PACKAGED_MODELS
 
+    model_help = f"packaged alias ({', '.join(PACKAGED_MODELS)}; default the first) or local HF folder"
     ap = argparse.ArgumentParser(prog="truthsteer", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     m = sub.add_parser("models", help="prepare models")
     msub = m.add_subparsers(dest="models_cmd", required=True)
-    mp = msub.add_parser("prepare", help="convert the bundled GGUF model once; print its folder")
-    mp.add_argument("--model", default=None, help="packaged alias or local HF folder")
+    mp = msub.add_parser("prepare", help="convert a packaged GGUF model once (assembling split ones); print its folder")
+    mp.add_argument("--model", default=None, help=model_help)
     mp.set_defaults(func=_models_prepare)
 
     d = sub.add_parser("directions", help="inspect, import and export direction bundles")
@@ -118,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="offline generation with steering")
     g.add_argument("prompt", nargs="+")
     g.add_argument("--steer", action="append", default=[], help="e.g. truth:+4, truth:-2@10-14, truth:ablate")
-    g.add_argument("--model", default=None)
+    g.add_argument("--model", default=None, help=model_help)
     g.add_argument("--directions", nargs="*", default=[str(Path(__file__).resolve().parent.parent / "directions")])
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
@@ -129,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="OpenAI-compatible server (settings: TRUTHSTEER_* env or --config YAML)")
     sv.add_argument("--config", default=None, help="YAML settings file")
-    sv.add_argument("--model", default=None)
+    sv.add_argument("--model", default=None, help=model_help + " (directions/<alias>/ holds an opt-in model's bundles)")
     sv.add_argument("--host", default=None)
     sv.add_argument("--port", type=int, default=None)
     sv.set_defaults(func=_serve)

@@ -14,7 +14,7 @@ from typing import Any
 from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import BundleError
 from steering.model_info import ModelInfo, describe
-from steering.models import resolve_model
+from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
 from steering.vllm.config import WorkerConfig
 
 CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
@@ -67,13 +67,28 @@ def bundle_files(directions: Sequence[str | Path]) -> list[Path]:
     return files
 
 
+def directions_for(model: str | None, directions: Sequence[str | Path]) -> list[str | Path]:
+    """The default ``directions/`` folder stands for the chosen model's shipped bundles.
+
+    The default model's bundles are ``directions/*.safetensors``; an opt-in packaged model's are in
+    ``directions/<alias>/`` (none: no bundles, rather than the default model's, which do not fit).
+    Explicit directions are used as given.
+    """
+    if model is None or model == DEFAULT_MODEL or model not in PACKAGED_MODELS:
+        return list(directions)
+    if [Path(d).resolve() for d in directions] != [DEFAULT_DIRECTIONS]:
+        return list(directions)
+    own = DEFAULT_DIRECTIONS / model
+    return [own] if own.is_dir() else []
+
+
 def prepare(opts: EngineOptions) -> PreparedEngine:
     """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
     model = resolve_model(opts.model)
     model_path = str(model)
     info = describe(model) if Path(model_path).is_dir() else _describe_remote(model_path)
     bundles: dict[str, DirectionBundle] = {}
-    files = bundle_files(opts.directions) if opts.steering else []
+    files = bundle_files(directions_for(opts.model, opts.directions)) if opts.steering else []
     for f in files:
         b = load_bundle(f, info, force=opts.force)
         if b.name in bundles:

@@ -144,6 +144,7 @@ def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.Monke
 
     class Ctx:
         tok = None
+        max_per_dataset = None
 
         def preload(self, data: ds.Dataset) -> None:
             pass
@@ -159,3 +160,39 @@ def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.Monke
         load_spec("cities@x", Ctx(), 0, None)  # type: ignore[arg-type]
     with pytest.raises(ds.DatasetError, match="'mmlu_true_false' is not a training part of truth"):
         load_spec("heldout:truth:mmlu_true_false", Ctx(), 0, None)  # type: ignore[arg-type]
+
+
+def test_smaller_preset_runs_hold_out_only_groups_the_full_preset_holds_out(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --preset P --max-per-dataset N` and `eval --max-per-dataset N heldout:P`: same split,
+    and nested in the full preset's split (a smaller run never trains on a full run's held-out group)."""
+    from probes.cli import load_spec, preset_sets
+    from probes.presets import PRESETS
+
+    tri = tmp_path / "trilemma_of_truth"
+    tri.mkdir()
+    rows = [f"The city of C{i} is located in K{i}.,C{i},K{i},TRUE\nThe city of C{i} is not located in K{i}.,C{i},K{i},FALSE"
+            for i in range(300)]
+    (tri / "city_locations.csv").write_text("statement,object_1,object_2,correct\n" + "\n".join(rows) + "\n")
+    words = [f"A w{i} is a type of t{i}.,w{i},{'TRUE' if i % 2 else 'FALSE'}" for i in range(300)]
+    (tri / "word_types.csv").write_text("statement,object_1,correct\n" + "\n".join(words) + "\n")
+    monkeypatch.setenv(ds.DATA_ENV, str(tmp_path))
+    preset = PRESETS["truth"]
+    _, full_tr, full_te = preset_sets(preset, None, 0, 0.2)
+    parts, small_tr, small_te = preset_sets(preset, None, 0, 0.2, 100)
+    assert [len(p.examples) for p in parts] == [100, 100] and len(full_tr.examples) + len(full_te.examples) == 900
+
+    def groups(d: ds.Dataset) -> set[str]:
+        return {e.group for e in d.examples}
+
+    assert groups(small_te) and groups(small_te) <= groups(full_te) and groups(small_tr) <= groups(full_tr)
+
+    class Ctx:
+        tok = None
+        max_per_dataset = 100
+
+        def preload(self, data: ds.Dataset) -> None:
+            pass
+
+    held = load_spec("heldout:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert set(held.texts()) == {e.text for e in small_te.examples if e.group.startswith("C")}
