@@ -242,3 +242,16 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
     assert torch.equal(got.selected_token_ranks, rank.to(got.selected_token_ranks.dtype))
     assert bool(torch.isinf(got.logprobs).any())  # some prompt tokens fall outside the plausible set
     assert not math.isnan(float(got.logprobs[torch.isfinite(got.logprobs)].sum()))
+
+
+def test_offline_echo_scoring_checks_name_the_field() -> None:
+    from steering.errors import SpecError
+    from steering.llm import check_prompt_contrast
+
+    check_prompt_contrast(DOLA, True)
+    with pytest.raises(SpecError) as e:
+        check_prompt_contrast(ResolvedDecoding("dola", (1,), repetition_penalty=1.2), True, "decoding[2]")
+    assert e.value.param == "decoding[2].repetition_penalty"
+    with pytest.raises(SpecError) as e:
+        check_prompt_contrast(DOLA, False)
+    assert e.value.param == "decoding" and "prompt_contrast" in str(e.value)
