@@ -26,6 +26,7 @@ a raw-vLLM caller sending one gets the contrast without it (logged).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
@@ -70,7 +71,7 @@ def contrast_positions(
     cfg = seg.config
     if cfg.repetition_penalty != 1.0:
         log.warning("truthsteer: repetition_penalty is not applied to prompt logprobs")
-        cfg = ResolvedDecoding(cfg.method, cfg.layers, cfg.weights, cfg.alpha, cfg.entropy_threshold)
+        cfg = dataclasses.replace(cfg, repetition_penalty=1.0)
     positions: list[torch.Tensor] = []
     scores: list[torch.Tensor] = []
     for start in range(0, seg.count, BLOCK):
