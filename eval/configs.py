@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# echo scoring under DoLa: the server contrasts the prompt logprobs per position (docs/decoding.md);
+# option tokens outside the plausible set (alpha 0.1) score -9999, as the server writes -inf
 DOLA: dict[str, Any] = {"method": "dola", "premature_layers": "high"}
 TRUTH_STRENGTHS = (1.0, 2.0, 4.0)
 TRUTH_GATE: dict[str, Any] = {"probe": "truth", "below": 0.35, "window": 2, "hold": 4}

@@ -2,8 +2,9 @@
 side effects, probe quality, gating and selective answering, over truthsteer's public API.
 
 Without ``--base`` a server is started (``truthsteer serve`` on a free port) and stopped at the end.
-Configurations the server rejects (4xx, e.g. ``decoding`` before DoLa is available) are recorded as
-"unsupported (400)", never scored.
+Configurations the server rejects (4xx, e.g. ``decoding`` on a server started with
+``prompt_contrast`` off) are recorded as "unsupported (400)", never scored. DoLa rows are scored from
+the server's contrasted prompt logprobs (echo scoring under ``decoding``, docs/decoding.md).
 """
 
 from __future__ import annotations

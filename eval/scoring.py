@@ -54,7 +54,9 @@ def perplexity(token_logprobs: Sequence[Sequence[float]]) -> float:
     flat = [lp for doc in token_logprobs for lp in doc]
     if not flat:
         raise ValueError("no tokens to score")
-    return math.exp(-sum(flat) / len(flat))
+    nll = -sum(flat) / len(flat)
+    # echo scoring under DoLa gives tokens outside the plausible set -9999 (-inf): no overflow error
+    return math.exp(nll) if nll < 700 else math.inf
 
 
 def auroc(labels: Sequence[int], scores: Sequence[float]) -> float:

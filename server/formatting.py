@@ -54,8 +54,9 @@ def completion_logprobs(
         tok = tokenizer.decode([tid])
         tokens.append(tok)
         chosen = d.get(tid) if d else None
-        tlp.append(chosen.logprob if chosen else None)
-        top.append({tokenizer.decode([t]): lp.logprob for t, lp in d.items()} if d else None)
+        # -inf (a token outside DoLa's plausible set) as -9999.0, as vLLM's OpenAI server writes it
+        tlp.append(max(chosen.logprob, -9999.0) if chosen else None)
+        top.append({tokenizer.decode([t]): max(lp.logprob, -9999.0) for t, lp in d.items()} if d else None)
         offsets.append(pos)
         pos += len(tok)
     return {"tokens": tokens, "token_logprobs": tlp, "top_logprobs": top, "text_offset": offsets}

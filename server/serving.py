@@ -24,6 +24,7 @@ from server.settings import Settings
 from steering.decoding_spec import WIRE_KEY as DECODING_KEY
 from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
+from steering.llm import check_prompt_contrast
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
 
@@ -121,6 +122,7 @@ class Serving:
             max_ops_per_layer=settings.max_ops_per_layer,
             force=settings.force_directions,
             seed=settings.seed,
+            prompt_contrast=settings.prompt_contrast,
         )
         prepared = prepare(opts)
         metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))
@@ -206,6 +208,15 @@ class Serving:
                                tie_word_embeddings=self.tie_word_embeddings, bundles=self.prepared.bundles)
         return cfg if cfg.active else None
 
+    def _check_echo_decoding(self, decoding: ResolvedDecoding) -> None:
+        """``echo`` + ``logprobs`` + ``decoding``: the prompt logprobs are contrasted in the engine
+        (``steering/vllm/prompt_contrast.py``), which needs the prompt capture switched on."""
+        if not self.settings.prompt_contrast:
+            raise bad_request("contrasted prompt logprobs (echo with logprobs under decoding) are disabled on this "
+                              "server (setting prompt_contrast / TRUTHSTEER_PROMPT_CONTRAST); drop echo, logprobs "
+                              "or decoding", "decoding", "prompt_contrast_disabled")
+        check_prompt_contrast(decoding, True)
+
     @property
     def tie_word_embeddings(self) -> bool:
         """The HF config's ``tie_word_embeddings`` (moves the start of DoLa's ``"low"`` bucket)."""
@@ -254,6 +265,8 @@ class Serving:
     def build(self, req: Req) -> Plan:
         ops, probes = self._validate_common(req)
         decoding = self.resolve_decoding(req.decoding)
+        if decoding is not None and isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
+            self._check_echo_decoding(decoding)
         scored = list(probes)
         if req.abstain is not None:
             if req.abstain.probe not in self.probes:

@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     tensor_parallel_size: int = Field(default=1, ge=1)
     enforce_eager: bool = False
     seed: int = 0
+    prompt_contrast: bool = Field(
+        default=True,
+        description="echo scoring under decoding: contrasted prompt logprobs for completions with echo + logprobs + "
+        "decoding; costs num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes of stash "
+        "(150 MB for the default CPU model); off: such requests are a 400",
+    )
 
     # HTTP
     host: str = "127.0.0.1"

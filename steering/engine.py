@@ -43,6 +43,9 @@ class EngineOptions:
     force: bool = False  # load bundles whose model fingerprint differs
     seed: int = 0
     steering: bool = True  # False: plain vLLM (plugin inert), for baselines
+    # echo scoring under ``decoding`` (contrasted prompt logprobs): stash memory num_layers x
+    # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/vllm/stash.py
+    prompt_contrast: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
 
 
@@ -113,6 +116,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             directions=[str(Path(b.source).resolve()) for b in bundles.values()],
             max_ops_per_layer=opts.max_ops_per_layer,
             force=opts.force,
+            prompt_contrast=opts.prompt_contrast,
         )
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)

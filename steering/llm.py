@@ -122,6 +122,8 @@ class SteeredLLM:
         """
         ops = self.resolve(spec, param)
         dec = self.resolve_decoding(decoding, decoding_param)
+        if dec is not None and getattr(params, "prompt_logprobs", None) is not None:
+            check_prompt_contrast(dec, self.options.prompt_contrast, decoding_param)
         if not ops and dec is None:
             return prompt, params
         p = params.clone()
@@ -158,6 +160,18 @@ class SteeredLLM:
             for i, (p, s, d) in enumerate(zip(plist, per_prompt, per_decoding, strict=True))
         ]
         return list(self.llm.generate([r[0] for r in reqs], [r[1] for r in reqs], use_tqdm=use_tqdm))
+
+
+def check_prompt_contrast(dec: ResolvedDecoding, enabled: bool, param: str = "decoding") -> None:
+    """Echo scoring (prompt logprobs) under ``decoding``: the contrasted prompt logprobs need the
+    engine's prompt capture, and the repetition penalty (whose per-position history is not
+    implemented for prompt positions) is refused. Raises :class:`SpecError` naming the field."""
+    if not enabled:
+        raise SpecError("contrasted prompt logprobs (prompt_logprobs / echo with logprobs under decoding) are "
+                        "disabled on this engine (prompt_contrast=False)", param)
+    if dec.repetition_penalty != 1.0:
+        raise SpecError("repetition_penalty is not supported with prompt logprobs (echo scoring) under decoding",
+                        f"{param}.repetition_penalty")
 
 
 def _per_prompt(steering: Spec | Sequence[Spec], n: int) -> list[Spec]:

@@ -118,3 +118,47 @@ def generate(
             break
         feed = torch.tensor([[token]])
     return steps
+
+
+@torch.inference_mode()
+def score(
+    model: Any,
+    ids: Sequence[int],
+    *,
+    method: str = "dola",
+    layers: Sequence[int],
+    weights: Sequence[float] = (),
+    alpha: float = 0.1,
+    entropy_threshold: float | None = None,
+    final_norm: bool = True,
+) -> torch.Tensor:
+    """Teacher-forced contrastive log-probabilities of a whole sequence (echo scoring), as DoLa
+    scores TruthfulQA answers: one forward pass over ``ids``; for every position ``t`` the step above
+    on ``hidden_states[j][t]`` (per-position layer choice for DoLa), then ``log_softmax`` of the
+    scores ``F`` over the plausible set (``-inf`` outside it). Positions held back by the entropy gate
+    get the model's own log-probabilities. Returns ``[len(ids) - 1, V]``: row ``t`` is the
+    distribution of token ``t + 1``."""
+    head = model.get_output_embeddings()
+    norm = _final_norm(model) if final_norm else (lambda h: h)
+    out = model(input_ids=torch.tensor([list(ids)]), output_hidden_states=True)
+    rows = []
+    for t in range(len(ids) - 1):
+        log_qn = torch.log_softmax(out.logits[0, t].float(), -1)
+        qn = log_qn.exp()
+        entropy = float(-(qn[qn > 0] * log_qn[qn > 0]).sum())
+        if entropy_threshold is not None and entropy < entropy_threshold:
+            rows.append(log_qn)
+            continue
+        log_q = {j: torch.log_softmax(head(norm(out.hidden_states[j][0, t])).float(), -1) for j in layers}
+        plausible = log_qn >= log_qn.max() + math.log(alpha)
+        if method == "dola":
+            divs = [_js_divergence(qn, log_q[j].exp()) for j in layers]
+            chosen = layers[max(range(len(layers)), key=lambda i: (divs[i], -i))]
+            diff = log_qn - log_q[chosen]
+        else:
+            diff = sum(w * (log_qn - log_q[j]) for w, j in zip(weights, layers, strict=True))
+            assert isinstance(diff, torch.Tensor)
+        scores = torch.full_like(log_qn, -math.inf)
+        scores[plausible] = diff[plausible]
+        rows.append(torch.log_softmax(scores, -1))
+    return torch.stack(rows)

@@ -19,6 +19,9 @@ class WorkerConfig(BaseModel):
     directions: list[str] = Field(default_factory=list, description="bundle files to load")
     max_ops_per_layer: int = Field(default=4, ge=1, le=16)
     force: bool = False
+    # echo scoring under ``decoding``: stash buffers get max_num_tokens more rows (prompt positions);
+    # memory num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes
+    prompt_contrast: bool = False
     plugin_version: int = 2  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:

@@ -241,7 +241,9 @@ def stats(runner: Any) -> dict[str, Any] | None:
     if proc is None or stash is None:
         return None
     return {"contrasted_rows": proc.contrasted_rows, "sparse_rows": proc.sparse_rows,
-            "sparse_path": proc.token_head is not None, "mismatches": proc.mismatches, "rejected": stash.rejected}
+            "sparse_path": proc.token_head is not None, "mismatches": proc.mismatches, "rejected": stash.rejected,
+            "stash_bytes": sum(t.numel() * t.element_size() for t in stash.outs.values()), "prompt_rows": stash.prompt_rows, "prompt_positions": stash.prompt_positions,
+            "prompt_mismatches": stash.prompt_mismatches, "prompt_unsupported": stash.prompt_unsupported}
 
 
 def find_processor(runner: Any) -> ContrastiveLogitsProcessor | None:
@@ -265,11 +267,12 @@ def final_norm(model: nn.Module, layers: nn.ModuleList) -> nn.Module:
     raise RuntimeError(f"truthsteer: no final norm next to the decoder layers of {type(model).__name__}")
 
 
-def install(runner: Any) -> HiddenStash | None:
+def install(runner: Any, prompt_rows: int = 0) -> HiddenStash | None:
     """Wire contrastive decoding into a loaded runner (from the plugin's ``load_model`` wrapper,
     after the steering and probe hooks, so that the stash reads the steered stream): hooks and
     buffers on every premature layer, and the runner's logits processor attached to them. Does
-    nothing when the engine was built without the processor."""
+    nothing when the engine was built without the processor. ``prompt_rows > 0`` (the runner's
+    ``max_num_tokens``) adds the stash rows of echo scoring (:mod:`steering.vllm.prompt_contrast`)."""
     proc = find_processor(runner)
     if proc is None:
         return None
@@ -283,7 +286,7 @@ def install(runner: Any) -> HiddenStash | None:
     runtime = getattr(runner, "truthsteer", None)
     column = runtime.readout.column if runtime is not None and runtime.readout else None
     stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype,
-                        probe_column=column)
+                        prompt_rows, probe_column=column)
 
     def normed(h: torch.Tensor) -> torch.Tensor:
         out = norm(h)
@@ -298,8 +301,10 @@ def install(runner: Any) -> HiddenStash | None:
 
     sparse = token_head(model)
     proc.attach(stash, normed, head, sparse)
-    log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d rows), sparse contrast path %s",
-             len(layers) - 1, stash.max_reqs, "on" if sparse is not None else "off (plain LM head not found)")
+    nbytes = sum(t.numel() * t.element_size() for t in stash.outs.values())
+    log.info("truthsteer: contrastive decoding on premature layers 0..%d (%d + %d prompt rows, %.1f MB), "
+             "sparse contrast path %s", len(layers) - 1, stash.max_reqs, stash.prompt_rows, nbytes / 1e6,
+             "on" if sparse is not None else "off (plain LM head not found)")
     return stash
 
 

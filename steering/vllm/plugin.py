@@ -10,6 +10,8 @@ methods, doing nothing unless the engine was built with truthsteer's ``additiona
   context, outside any compiled region or CUDA graph): refresh the tables from this step's batch
   before the pass; after it (before vLLM computes the logits and samples), update the probe gates
   and send the probe rows of the step.
+* ``_get_prompt_logprobs_dict``: contrasted prompt logprobs of ``decoding`` requests (echo
+  scoring, :mod:`steering.vllm.prompt_contrast`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
             from steering.vllm import contrastive_lp
 
             # after the steering and probe hooks: the stash reads the steered stream
-            self.truthsteer_stash = contrastive_lp.install(self)
+            prompt_rows = int(self.max_num_tokens) if cfg.prompt_contrast else 0
+            self.truthsteer_stash = contrastive_lp.install(self, prompt_rows)
         return out
 
     setattr(load_model, _PATCHED, True)
@@ -55,7 +58,7 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
             ib = self.input_batch
             n = int(ib.num_reqs)
             watch = stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
-                                  ib.num_computed_tokens_cpu)
+                                  ib.num_computed_tokens_cpu, getattr(self, "num_prompt_logprobs", None))
         runtime.prepare_step(self, watch)
         out = fn(self, *args, **kwargs)
         # before sampling: probe-gated decoding decides this step's contrast from this pass's scores
@@ -89,3 +92,12 @@ def register() -> None:
     for cls in runners:
         _patch(cls, "load_model", _wrap_load_model)
     _patch(GPUModelRunner, "_model_forward", _wrap_model_forward)
+    _patch(GPUModelRunner, "_get_prompt_logprobs_dict", _wrap_prompt_logprobs)
+
+
+def _wrap_prompt_logprobs(fn: Callable[..., Any]) -> Callable[..., Any]:
+    from steering.vllm import prompt_contrast
+
+    wrapped = prompt_contrast.wrap(fn)
+    setattr(wrapped, _PATCHED, True)
+    return wrapped

@@ -17,12 +17,24 @@ Probe-gated decoding (``decoding.gate``): such requests' sampling rows are also 
 read-out (:meth:`prepare` returns them as ``watch``); after the pass, :meth:`decide` folds each
 one's score at the decoded position into its :class:`~steering.vllm.gates.GateState` and drops
 the rows whose gate stays closed from ``step_configs``, so the logits processor leaves them plain.
+Prompt positions (echo scoring, below) are never gated.
+
+Echo scoring (contrasted prompt logprobs, ``steering/vllm/prompt_contrast.py``): built with
+``prompt_rows > 0`` (the runner's ``max_num_tokens``), the buffers have ``max_reqs + prompt_rows``
+rows, and for requests with ``decoding`` *and* ``prompt_logprobs`` the prompt positions whose
+logprobs vLLM computes this step (mirroring ``GPUModelRunner._get_prompt_logprobs_dict``) are
+stashed too, in rows ``n_batch ..`` after the sampling rows (:attr:`HiddenStash.prompt_segments`).
+Every step holds at most ``max_reqs`` sampling rows and at most ``max_num_tokens`` prompt rows (each
+one a distinct token of the step), so the buffers cannot overflow. Memory: ``num_layers x (max_reqs
++ prompt_rows) x hidden_size x dtype bytes`` (the default CPU server: 30 x (128 + 2048) x 576 x 4 B =
+150 MB; without echo scoring 30 x 128 x 576 x 4 B = 8.8 MB).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,16 +75,33 @@ def parse_decoding_request(extra_args: Any, num_layers: int) -> ResolvedDecoding
     return cfg
 
 
+@dataclass(frozen=True)
+class PromptSegment:
+    """Stashed prompt positions of one request this step: prompt logprob indices ``start ..
+    start + count`` (the hidden state at prompt position ``p`` predicts token ``p + 1``) are token
+    rows ``token_row ..`` of the step and stash rows ``row ..``."""
+
+    config: ResolvedDecoding
+    start: int
+    count: int
+    token_row: int
+    row: int
+
+
 class HiddenStash:
     def __init__(self, layers: nn.ModuleList, hidden_size: int, max_reqs: int, device: torch.device,
-                 dtype: torch.dtype, probe_column: Callable[[str], int | None] | None = None) -> None:
-        """``probe_column``: the probe read-out's column of a probe name (``None``: not loaded),
-        for decoding gates; without it gated configs are rejected (the request decodes plainly)."""
+                 dtype: torch.dtype, prompt_rows: int = 0,
+                 probe_column: Callable[[str], int | None] | None = None) -> None:
+        """``prompt_rows``: extra rows for echo scoring (0: off). ``probe_column``: the probe
+        read-out's column of a probe name (``None``: not loaded), for decoding gates; without it
+        gated configs are rejected (the request decodes plainly)."""
         self.probe_column = probe_column
         self.num_layers = len(layers)
         self.max_reqs = max_reqs
-        self.rows = torch.zeros(max_reqs, dtype=torch.int64, device=device)  # shared by every layer
-        self.rows_np = np.zeros(max_reqs, dtype=np.int64)
+        self.prompt_rows = prompt_rows  # extra rows for echo scoring (0: off)
+        capacity = max_reqs + prompt_rows
+        self.rows = torch.zeros(capacity, dtype=torch.int64, device=device)  # shared by every layer
+        self.rows_np = np.zeros(capacity, dtype=np.int64)
         self.outs: dict[int, torch.Tensor] = {}
         self.actives: dict[int, torch.Tensor] = {}
         self._handles: list[Any] = []
@@ -81,7 +110,7 @@ class HiddenStash:
             module = layers[0] if k == 0 else layers[k - 1]
             if type(module).__name__ == "PPMissingLayer":  # not on this pipeline stage
                 continue
-            out = torch.zeros(max_reqs, hidden_size, dtype=dtype, device=device)
+            out = torch.zeros(capacity, hidden_size, dtype=dtype, device=device)
             active = torch.zeros(1, dtype=torch.int32)
             suffix = "0" if k == 0 else ""
             module.register_buffer("_ts_srows", self.rows, persistent=False)
@@ -97,7 +126,11 @@ class HiddenStash:
         self.step_configs: list[ResolvedDecoding | None] = []  # per batch row, this step
         self._gates: dict[str, GateState] = {}
         self._step_gated: list[tuple[int, str, GateState, int]] = []  # (batch row, request, gate, column)
+        self.prompt_segments: dict[str, PromptSegment] = {}  # echo scoring, this step, by request id
         self.rejected = 0
+        self.prompt_unsupported = 0  # decoding + prompt_logprobs on a stash built without prompt rows
+        self.prompt_positions = 0  # prompt positions contrasted so far (prompt_contrast)
+        self.prompt_mismatches = 0  # segments that disagreed with vLLM's own count (left plain)
 
     def _config(self, req_id: str, state: Any) -> ResolvedDecoding | None:
         if req_id not in self._requests:
@@ -127,17 +160,22 @@ class HiddenStash:
         return self.probe_column(probe) if self.probe_column is not None else None
 
     def prepare(self, req_ids: list[str], states: Any, qsl: np.ndarray, num_prompt: np.ndarray,
-                num_computed: np.ndarray) -> dict[str, int]:
-        """Choose this step's rows and layers (``qsl``: ``query_start_loc`` of the batch).
+                num_computed: np.ndarray, prompt_logprobs: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Choose this step's rows and layers (``qsl``: ``query_start_loc`` of the batch;
+        ``prompt_logprobs``: the runner's ``num_prompt_logprobs``, requests still owed prompt
+        logprobs).
 
         Returns the requests with a decoding gate that sample this step (their sampling rows must
         be read by the probe read-out), each with flag bits 0."""
         n = len(req_ids)
         configs: list[ResolvedDecoding | None] = [None] * n
         gated: list[tuple[int, str, GateState, int]] = []
+        prompt: list[tuple[int, ResolvedDecoding]] = []
         for i, rid in enumerate(req_ids):
             cfg = self._config(rid, states.get(rid))
             s, e = int(qsl[i]), int(qsl[i + 1])
+            if cfg is not None and prompt_logprobs and rid in prompt_logprobs and e > s:
+                prompt.append((i, cfg))
             if cfg is None or e <= s or int(num_computed[i]) + (e - s) < int(num_prompt[i]):
                 continue  # plain, not scheduled, or a partial prefill chunk (its sample is discarded)
             configs[i] = cfg
@@ -152,17 +190,22 @@ class HiddenStash:
                 self._gates.pop(rid, None)
         self.step_configs = configs
         self._step_gated = gated
-        on = set(layers_needed(configs))
+        segments = self._prompt_segments(req_ids, prompt, qsl, num_prompt, num_computed) if prompt else {}
+        self.prompt_segments = segments
+        used = n + sum(seg.count for seg in segments.values())
+        on = set(layers_needed(configs + [seg.config for seg in segments.values()]))
         if on:
             # every batch row points at its last scheduled token (valid for this step's tokens);
             # rows past the batch point at token 0 so that a full copy on accelerators stays in range
             self.rows_np[:n] = np.maximum(qsl[1 : n + 1].astype(np.int64) - 1, 0)
             self.rows_np[n:] = 0
+            for seg in segments.values():  # echo scoring: the prompt positions, after the batch rows
+                self.rows_np[seg.row : seg.row + seg.count] = np.arange(seg.token_row, seg.token_row + seg.count)
             self.rows.copy_(torch.from_numpy(self.rows_np))
         elif self._on:
             self.rows.zero_()  # accelerators copy every row every step: keep indices in range of any step
         for k in on | self._on:
-            self.actives[k].fill_(n if k in on else 0)
+            self.actives[k].fill_(used if k in on else 0)
         self._on = on
         return {rid: 0 for _, rid, _, _ in gated}
 
@@ -183,6 +226,33 @@ class HiddenStash:
                 self.step_configs[i] = None
             out[rid] = CONTRASTED if gate.open else 0
         self._step_gated = []
+        return out
+
+    def _prompt_segments(self, req_ids: list[str], prompt: list[tuple[int, ResolvedDecoding]], qsl: np.ndarray,
+                         num_prompt: np.ndarray, num_computed: np.ndarray) -> dict[str, PromptSegment]:
+        """The prompt positions whose logprobs vLLM computes this step, as
+        ``GPUModelRunner._get_prompt_logprobs_dict`` counts them: from ``num_computed`` on,
+        ``min(scheduled, num_prompt - num_computed - 1)`` positions (the last prompt position
+        predicts the first generated token, not a prompt token)."""
+        if not self.prompt_rows:
+            self.prompt_unsupported += len(prompt)
+            log.warning("truthsteer: %d request(s) ask for contrasted prompt logprobs, which this engine does "
+                        "not capture (prompt_contrast off); they get plain prompt logprobs", len(prompt))
+            return {}
+        out: dict[str, PromptSegment] = {}
+        row = len(req_ids)
+        for i, cfg in prompt:
+            s, e = int(qsl[i]), int(qsl[i + 1])
+            count = min(e - s, int(num_prompt[i]) - int(num_computed[i]) - 1)
+            if count <= 0:
+                continue
+            if row + count > self.rows_np.shape[0]:  # impossible with prompt_rows >= max_num_tokens
+                self.prompt_unsupported += 1
+                log.error("truthsteer: prompt stash overflow (%d > %d rows); %s gets plain prompt logprobs",
+                          row + count, self.rows_np.shape[0], req_ids[i])
+                continue
+            out[req_ids[i]] = PromptSegment(cfg, int(num_computed[i]), count, s, row)
+            row += count
         return out
 
     def hidden(self, layer: int, rows: torch.Tensor) -> torch.Tensor:

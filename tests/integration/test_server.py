@@ -100,6 +100,8 @@ def test_completions_stream_n_stop_logprobs(client: Any) -> None:
         ({"steering": [{"direction": "truth", "layers": [99]}]}, "steering[0].layers"),
         ({"steering": [{"direction": "truth", "strength": 1e9}]}, "steering[0].strength"),
         ({"decoding": {"method": "dola", "premature_layers": [30]}}, "decoding.premature_layers"),
+        ({"echo": True, "logprobs": 0, "decoding": {"method": "dola", "repetition_penalty": 1.2}},
+         "decoding.repetition_penalty"),
         ({"max_tokens": 100000}, "max_tokens"),
         ({"temperature": -1}, "temperature"),
         ({"n": 1000}, "n"),
@@ -320,3 +322,21 @@ def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any)
             per_token += c.model_extra["probe_scores"]["truth"]
     assert usage is not None and text and len(per_token) == usage.completion_tokens
     assert all(0.0 <= x <= 1.0 for x in per_token)  # calibrated probabilities (may saturate under steering)
+
+
+def test_echo_scoring_under_dola_returns_contrasted_prompt_logprobs(client: Any) -> None:
+    prompt = "Q: What is the capital of Australia?\nA: The capital of Australia is Canberra."
+    kw: dict[str, Any] = {"model": "smollm2", "prompt": [prompt, prompt + " Yes."], "max_tokens": 1,
+                          "temperature": 0, "echo": True, "logprobs": 2}
+    plain = client.completions.create(**kw)
+    dola = client.completions.create(**kw, extra_body={"decoding": {"method": "dola", "premature_layers": "high"}})
+    for p, d in zip(sorted(plain.choices, key=lambda c: c.index), sorted(dola.choices, key=lambda c: c.index),
+                    strict=True):
+        lp, ld = p.logprobs, d.logprobs
+        n = len(ld.tokens) - 1  # the last entry is the generated token
+        assert ld.tokens[:n] == lp.tokens[:n] and ld.token_logprobs[0] is None
+        vals = ld.token_logprobs[1:n]
+        assert all(v == -9999.0 or -9999.0 < v <= 0.0 for v in vals)
+        assert -9999.0 in vals and any(v > -9999.0 for v in vals)  # implausible tokens and scored ones
+        assert vals != lp.token_logprobs[1:n]
+        assert all(len(top) >= 1 for top in ld.top_logprobs[1:n])

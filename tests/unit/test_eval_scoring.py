@@ -46,6 +46,7 @@ def test_pair_probability() -> None:
 def test_perplexity_over_all_tokens() -> None:
     # mean NLL = (1 + 2 + 3) / 3 = 2 -> e^2, whatever the document boundaries
     assert perplexity([[-1.0], [-2.0, -3.0]]) == pytest.approx(math.exp(2.0))
+    assert perplexity([[-9999.0, -1.0]]) == math.inf  # DoLa's implausible tokens, as the server writes -inf
     with pytest.raises(ValueError):
         perplexity([[]])
 

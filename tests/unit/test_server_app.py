@@ -447,3 +447,46 @@ def test_client_disconnect_cancels_the_work_and_its_engine_requests() -> None:
 
     asyncio.run(main())
     assert aborted == ["engine request aborted"]
+
+
+def test_echo_with_logprobs_under_decoding_asks_the_engine_for_contrasted_prompt_logprobs(app_client: Any) -> None:
+    body = {"model": "tiny", "prompt": "abc", "max_tokens": 1, "echo": True, "logprobs": 1,
+            "decoding": {"method": "dola", "premature_layers": [1, 3]}}
+    r = app_client.post("/v1/completions", json=body)
+    assert r.status_code == 200
+    _prompt, params, _ = app_client.engine.requests[-1]
+    assert params.prompt_logprobs == 1 and params.extra_args["truthsteer"]["decoding"]["layers"] == [1, 3]
+    # the repetition penalty has no per-position history for prompt tokens: refused, naming the field
+    bad = app_client.post("/v1/completions", json={**body, "decoding": {**body["decoding"], "repetition_penalty": 1.2}})
+    assert bad.status_code == 400
+    err = bad.json()["error"]
+    assert err["param"] == "decoding.repetition_penalty" and err["type"] == "invalid_request_error"
+    # without echo (or without logprobs) the penalty stays allowed
+    assert app_client.post("/v1/completions", json={**body, "echo": False,
+                                                   "decoding": {"method": "dola", "repetition_penalty": 1.2}}
+                           ).status_code == 200
+
+
+def test_echo_under_decoding_is_a_400_when_the_server_disables_prompt_contrast() -> None:
+    settings = Settings(served_model_name="tiny", max_model_len=64, prompt_contrast=False)
+    prepared = PreparedEngine("/models/tiny", INFO, {}, {})
+    with TestClient(create_app(settings, Serving(settings, FakeEngine(), prepared, FakeTokenizer()))) as c:
+        body = {"model": "tiny", "prompt": "abc", "max_tokens": 1, "echo": True, "logprobs": 0,
+                "decoding": {"method": "dola"}}
+        r = c.post("/v1/completions", json=body)
+        assert r.status_code == 400
+        err = r.json()["error"]
+        assert err["param"] == "decoding" and err["code"] == "prompt_contrast_disabled"
+        assert "prompt_contrast" in err["message"]
+        assert c.post("/v1/completions", json={**body, "echo": False}).status_code == 200
+        assert c.post("/v1/completions", json={k: v for k, v in body.items() if k != "decoding"}).status_code == 200
+
+
+def test_minus_infinity_logprobs_are_written_as_minus_9999() -> None:
+    from server.formatting import completion_logprobs
+
+    lp = [None, {5: SimpleNamespace(logprob=-math.inf, rank=9), 6: SimpleNamespace(logprob=0.0, rank=1)}]
+    out = completion_logprobs(FakeTokenizer(), [4, 5], lp)
+    assert out is not None and out["token_logprobs"] == [None, -9999.0]
+    assert out["top_logprobs"][1] == {chr(5): -9999.0, chr(6): 0.0}
+    json.dumps(out, allow_nan=False)
