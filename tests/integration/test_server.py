@@ -299,6 +299,24 @@ def test_probe_gated_steering_and_abstention(client: Any) -> None:
     assert kept == base and ch.finish_reason != "abstained"
 
 
+def test_probe_gated_dola_through_the_server(client: Any) -> None:
+    msgs = [{"role": "user", "content": "Where is the city of Lyon?"}]
+    kw: dict[str, Any] = {"model": "smollm2", "messages": msgs, "max_tokens": 16, "temperature": 0}
+    dola = {"method": "dola", "premature_layers": "high"}
+
+    def run(**extra: Any) -> tuple[str, Any, int]:
+        r = client.chat.completions.create(**kw, extra_body=extra)
+        return r.choices[0].message.content, r.choices[0].model_extra.get("interventions"), r.usage.completion_tokens
+
+    base, _, _ = run()
+    ungated, iv, n = run(decoding=dola)
+    assert ungated != base and iv["contrasted_tokens"] == n
+    never, iv, _ = run(decoding={**dola, "gate": {"probe": "truth", "below": -1.0}})
+    assert never == base and iv["contrasted_tokens"] == 0
+    always, iv, n = run(decoding={**dola, "gate": {"probe": "truth", "above": -1.0}}, probes=["truth"])
+    assert always == ungated and iv["contrasted_tokens"] == n
+
+
 def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any) -> None:
     from tests.integration.test_dola_reference import PROMPTS
 
