@@ -14,6 +14,7 @@ import asyncio
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,16 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
         steps.total = (steps.total or 0) + n
         steps.refresh()
 
+    def start(part: str, cfgs: list[Config]) -> list[Config]:
+        """The part's configs (``--only`` applied), counted on the progress bar; its result table."""
+        chosen = pick(cfgs, only)
+        todo(len(chosen))
+        res[part] = {}
+        return chosen
+
     if "truthfulqa" in parts:
         items = data.truthfulqa(limit)
-        cfgs = pick(configs.truthfulness(), only)
-        todo(len(cfgs))
-        res["truthfulqa"] = {}
-        for cfg in cfgs:
+        for cfg in start("truthfulqa", configs.truthfulness()):
             row = await _guard(tasks.truthfulqa_mc(api, items, cfg))
             if "unsupported" not in row:
                 p = await neutral_ppl(cfg)
@@ -70,10 +75,7 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "sycophancy" in parts:
         caa, pools = data.caa_sycophancy_test(limit), data.anthropic_pools(limit)
-        cfgs = pick(configs.sycophancy(), only)
-        todo(len(cfgs))
-        res["sycophancy"] = {}
-        for cfg in cfgs:
+        for cfg in start("sycophancy", configs.sycophancy()):
             a = await _guard(tasks.ab_behaviour(api, caa, cfg, tokenizer, "CAA test"))
             if "unsupported" in a:
                 res["sycophancy"][cfg.name] = a
@@ -86,17 +88,11 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "sycophancy_gating" in parts:
         caa = data.caa_sycophancy_test(limit)
-        cfgs = pick(configs.sycophancy_gating(), only)
-        todo(len(cfgs))
-        res["sycophancy_gating"] = {}
-        for cfg in cfgs:
+        for cfg in start("sycophancy_gating", configs.sycophancy_gating()):
             res["sycophancy_gating"][cfg.name] = await _guard(tasks.ab_generated(api, caa, cfg, tokenizer, "CAA letters"))
             steps.update()
     if "behaviours" in parts:
-        cfgs = pick([configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")], only)
-        todo(len(cfgs))
-        res["behaviours"] = {}
-        for cfg in cfgs:
+        for cfg in start("behaviours", [configs.truthfulness()[2], configs.sycophancy()[3], configs.Config("none")]):
             brow: dict[str, Any] = {}
             for name in data.CAA_BEHAVIOURS:
                 r = await _guard(tasks.ab_behaviour(api, data.caa_behaviour(name, limit), cfg, tokenizer, name))
@@ -105,10 +101,7 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     if "gating" in parts:
         items = [i for i in data.truthfulqa(limit, seed=1) if i.correct_refs and i.incorrect_refs]
-        cfgs = pick(configs.gating(), only)
-        todo(len(cfgs))
-        res["gating"] = {}
-        for cfg in cfgs:
+        for cfg in start("gating", configs.gating()):
             try:
                 got = await tasks.answers(api, items, cfg, max_tokens)
             except Unsupported as e:
@@ -116,15 +109,13 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
                 steps.update()
                 continue
             probe = [a.probe_mean for a in got if a.probe_mean is not None]
-            steered = [a.steered_tokens for a in got if a.steered_tokens is not None]
-            contrasted = [a.contrasted_tokens for a in got if a.contrasted_tokens is not None]
             res["gating"][cfg.name] = {
                 "truthful": sum(a.truthful for a in got) / len(got),
                 "fluency_ppl": await tasks.fluency(api, items, got),
-                "steered_tokens": sum(steered) / len(steered) if steered else "n/a",
-                "contrasted_tokens": sum(contrasted) / len(contrasted) if contrasted else "n/a",
+                "steered_tokens": _mean_or_na([a.steered_tokens for a in got]),
+                "contrasted_tokens": _mean_or_na([a.contrasted_tokens for a in got]),
                 "answer_words": sum(len(a.text.split()) for a in got) / len(got),
-                "probe_mean": sum(probe) / len(probe) if probe else "n/a",
+                "probe_mean": _mean_or_na(probe),
                 "answers": [a.__dict__ for a in got],
             }
             if cfg.name == "none" and len(probe) == len(got):
@@ -149,6 +140,12 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
             steps.update()
     steps.close()
     return res
+
+
+def _mean_or_na(values: Sequence[float | None]) -> float | str:
+    """Mean of the known values; ``"n/a"`` when the server reported none."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else "n/a"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,11 @@ def decide_abstain(tokens: list[float | None], below: float, reduce: str) -> Abs
     return AbstainDecision(score < below, score)
 
 
+def flagged(flags: dict[int, int] | None, n: int, bit: int) -> int:
+    """How many of the ``n`` generated tokens carry the worker's flag ``bit``."""
+    return sum(1 for k in range(n) if (flags or {}).get(k, 0) & bit)
+
+
 def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, int] | None) -> int:
     """How many of the ``n`` generated tokens were produced by a steered forward pass.
 
@@ -38,7 +43,7 @@ def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, int] | None) 
     if not ops or n == 0:
         return 0
     if any(op.gate is not None for op in ops):
-        return sum(1 for k in range(n) if (flags or {}).get(k, 0) & STEERED)
+        return flagged(flags, n, STEERED)
     kinds = {op.positions for op in ops}
     if "all" in kinds or {"prompt", "generated"} <= kinds:
         return n
@@ -57,7 +62,7 @@ def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: i
         if decoding.entropy_threshold is not None:
             contrasted = None
         elif decoding.gate is not None:
-            contrasted = sum(1 for k in range(n) if (flags or {}).get(k, 0) & CONTRASTED)
+            contrasted = flagged(flags, n, CONTRASTED)
         else:
             contrasted = n
     return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}

@@ -56,6 +56,23 @@ def _js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * kl(p) + 0.5 * kl(q)
 
 
+def _contrast(log_qn: torch.Tensor, log_q: dict[int, torch.Tensor], method: str, layers: Sequence[int],
+              weights: Sequence[float], alpha: float) -> tuple[torch.Tensor, int | None]:
+    """One position's scores ``F`` (``-inf`` outside the plausible set) and DoLa's chosen layer."""
+    plausible = log_qn >= log_qn.max() + math.log(alpha)
+    chosen: int | None = None
+    if method == "dola":
+        divs = [_js_divergence(log_qn.exp(), log_q[j].exp()) for j in layers]
+        chosen = layers[max(range(len(layers)), key=lambda i: (divs[i], -i))]
+        diff = log_qn - log_q[chosen]
+    else:
+        diff = sum(w * (log_qn - log_q[j]) for w, j in zip(weights, layers, strict=True))
+        assert isinstance(diff, torch.Tensor)
+    scores = torch.full_like(log_qn, -math.inf)
+    scores[plausible] = diff[plausible]
+    return scores, chosen
+
+
 @torch.inference_mode()
 def generate(
     model: Any,
@@ -95,17 +112,7 @@ def generate(
             step = Step(token, None, False, score)
         else:
             log_q = {j: torch.log_softmax(head(norm(out.hidden_states[j][0, -1])).float(), -1) for j in layers}
-            plausible = log_qn >= log_qn.max() + math.log(alpha)
-            chosen: int | None = None
-            if method == "dola":
-                divs = [_js_divergence(qn, log_q[j].exp()) for j in layers]
-                chosen = layers[max(range(len(layers)), key=lambda i: (divs[i], -i))]
-                diff = log_qn - log_q[chosen]
-            else:
-                diff = sum(w * (log_qn - log_q[j]) for w, j in zip(weights, layers, strict=True))
-                assert isinstance(diff, torch.Tensor)
-            scores = torch.full_like(log_qn, -math.inf)
-            scores[plausible] = diff[plausible]
+            scores, chosen = _contrast(log_qn, log_q, method, layers, weights, alpha)
             if repetition_penalty != 1.0:
                 seen = torch.tensor(sorted(set(ids)))
                 s = scores[seen]
@@ -150,15 +157,6 @@ def score(
             rows.append(log_qn)
             continue
         log_q = {j: torch.log_softmax(head(norm(out.hidden_states[j][0, t])).float(), -1) for j in layers}
-        plausible = log_qn >= log_qn.max() + math.log(alpha)
-        if method == "dola":
-            divs = [_js_divergence(qn, log_q[j].exp()) for j in layers]
-            chosen = layers[max(range(len(layers)), key=lambda i: (divs[i], -i))]
-            diff = log_qn - log_q[chosen]
-        else:
-            diff = sum(w * (log_qn - log_q[j]) for w, j in zip(weights, layers, strict=True))
-            assert isinstance(diff, torch.Tensor)
-        scores = torch.full_like(log_qn, -math.inf)
-        scores[plausible] = diff[plausible]
+        scores, _ = _contrast(log_qn, log_q, method, layers, weights, alpha)
         rows.append(torch.log_softmax(scores, -1))
     return torch.stack(rows)
