@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +32,9 @@ from tests.unit.test_contrastive_lp import (
 from tests.unit.test_runtime import H, L, Req, ToyModel, fake_runner
 
 FIXED = ResolvedDecoding("contrast", (2,), (1.0,), alpha=0.05)
+# vLLM's own method: an in-process engine earlier in the session has the plugin's wrapper installed
+# on the class (wrapping it again here would contrast twice and let the wrapper clear the stash)
+VLLM_PROMPT_LOGPROBS = inspect.unwrap(GPUModelRunner._get_prompt_logprobs_dict)
 FUSED = ResolvedDecoding("contrast", (0, 3), (0.4, 0.6), alpha=0.3)
 
 
@@ -199,7 +203,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
     stash = HiddenStash(model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32, prompt_rows=32)
     ids = {"dola": [1, 5, 2, 7, 3, 9, 4, 0, 6], "plain": [3, 3, 8, 1, 2]}
     runner = fake_model_runner(w, scale, stash, ids, {"dola": 2, "plain": 2})
-    wrapped = prompt_contrast.wrap(GPUModelRunner._get_prompt_logprobs_dict)
+    wrapped = prompt_contrast.wrap(VLLM_PROMPT_LOGPROBS)
     x = torch.randn(14, H, generator=g)
     streams = toy_streams(x)
     final_hidden = norm_fn(scale)(streams[-1])
@@ -219,7 +223,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
             alone = fake_model_runner(w, scale, stash, {"plain": ids["plain"]}, {"plain": 2})
             alone.input_batch.req_id_to_index = {"plain": 1}
             alone.query_start_loc.np = runner.query_start_loc.np
-            plain_out = GPUModelRunner._get_prompt_logprobs_dict(alone, final_hidden[rows], {"plain": 5})
+            plain_out = VLLM_PROMPT_LOGPROBS(alone, final_hidden[rows], {"plain": 5})
         out = wrapped(runner, final_hidden[rows], scheduled)
         results.update(out)
         if step == 0:
