@@ -5,9 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# echo scoring under DoLa: the server contrasts the prompt logprobs per position (docs/decoding.md);
-# option tokens outside the plausible set (alpha 0.1) score -9999, as the server writes -inf
+# DoLa for generation: the paper's adaptive plausibility constraint (alpha 0.1)
 DOLA: dict[str, Any] = {"method": "dola", "premature_layers": "high"}
+# DoLa for TruthfulQA MC (echo scoring: the server contrasts the prompt logprobs per position,
+# docs/decoding.md) with the constraint off, as DoLa's own tfqa_mc_eval.py does (relative_top 0.0):
+# with alpha 0.1 every option token outside the plausible set would score -9999 and decide the
+# option's total by itself
+DOLA_MC: dict[str, Any] = {**DOLA, "alpha": 0.0}
 TRUTH_STRENGTHS = (1.0, 2.0, 4.0)
 TRUTH_GATE: dict[str, Any] = {"probe": "truth", "below": 0.35, "window": 2, "hold": 4}
 # decoding gates read the probe at the decoded position itself (no ``initial``)
@@ -37,8 +41,8 @@ def truthfulness() -> list[Config]:
     """TruthfulQA MC by log-likelihood: no steering, truth steering at a few strengths, DoLa, both."""
     out = [Config("none")]
     out += [Config(f"truth +{s:g}", {"steering": [truth_op(s)]}) for s in TRUTH_STRENGTHS]
-    out += [Config("DoLa", {"decoding": DOLA}),
-            Config(f"truth +{TRUTH_STRENGTHS[1]:g} + DoLa", {"steering": [truth_op(TRUTH_STRENGTHS[1])], "decoding": DOLA})]
+    out += [Config("DoLa", {"decoding": DOLA_MC}),
+            Config(f"truth +{TRUTH_STRENGTHS[1]:g} + DoLa", {"steering": [truth_op(TRUTH_STRENGTHS[1])], "decoding": DOLA_MC})]
     return out
 
 

@@ -59,11 +59,21 @@ def gather_layers(premature_logp: torch.Tensor, index: torch.Tensor) -> torch.Te
     return premature_logp[index, rows]
 
 
+def log_alpha(alpha: float) -> float:
+    """``log alpha``, ``-inf`` for ``alpha = 0`` (the constraint off)."""
+    return math.log(alpha) if alpha > 0 else -math.inf
+
+
 def plausibility_mask(final_logp: torch.Tensor, alpha: float) -> torch.Tensor:
     """Adaptive plausibility constraint: ``True`` where ``p >= alpha * max p`` (compared in log
-    space, ``log p >= max log p + log alpha``, as HF's DoLa does). ``[rows, V]`` bool."""
+    space, ``log p >= max log p + log alpha``, as HF's DoLa does). ``[rows, V]`` bool.
+
+    ``alpha = 0`` switches it off (DoLa's own TruthfulQA-MC scoring, ``relative_top 0.0``): every
+    token the final layer does not rule out (``p > 0``) stays."""
+    if alpha == 0:
+        return final_logp > -math.inf
     top = final_logp.max(dim=-1, keepdim=True).values
-    return final_logp >= top + math.log(alpha)
+    return final_logp >= top + log_alpha(alpha)
 
 
 def contrast_logits(final_logp: torch.Tensor, premature_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

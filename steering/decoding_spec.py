@@ -71,11 +71,12 @@ class DecodingSpec(BaseModel):
     )
     alpha: float = Field(
         default=0.1,
-        gt=0,
+        ge=0,
         le=1,
         allow_inf_nan=False,
         description="adaptive plausibility constraint: only tokens with p >= alpha * max p (final "
-        "layer) can be chosen",
+        "layer) can be chosen; 0 switches it off (DoLa's own setting for TruthfulQA MC scoring, "
+        "where no option token should score -inf)",
     )
     entropy_threshold: float | None = Field(
         default=None,

@@ -59,7 +59,7 @@ def _js_divergence(p: torch.Tensor, q: torch.Tensor) -> float:
 def _contrast(log_qn: torch.Tensor, log_q: dict[int, torch.Tensor], method: str, layers: Sequence[int],
               weights: Sequence[float], alpha: float) -> tuple[torch.Tensor, int | None]:
     """One position's scores ``F`` (``-inf`` outside the plausible set) and DoLa's chosen layer."""
-    plausible = log_qn >= log_qn.max() + math.log(alpha)
+    plausible = log_qn >= log_qn.max() + (math.log(alpha) if alpha > 0 else -math.inf)
     chosen: int | None = None
     if method == "dola":
         divs = [_js_divergence(log_qn.exp(), log_q[j].exp()) for j in layers]

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from steering.contrastive import apply_contrast, entropy_gate, log_softmax
+from steering.contrastive import apply_contrast, entropy_gate, log_alpha, log_softmax
 from steering.decoding_spec import ResolvedDecoding
 from steering.vllm.stash import HiddenStash, parse_decoding_request
 
@@ -180,8 +180,10 @@ def premature_logits(stash: HiddenStash, norm: NormFn, head: HeadFn, rows: list[
 
 def sparse_ok(cfg: ResolvedDecoding) -> bool:
     """Whether a config can take the sparse path: a fixed or fused contrast (DoLa with a single
-    candidate is a fixed contrast) without a repetition penalty (see :func:`sparse_contrast`)."""
-    return cfg.repetition_penalty == 1.0 and (cfg.method == "contrast" or len(cfg.layers) == 1)
+    candidate is a fixed contrast) without a repetition penalty, with the plausibility constraint
+    on (``alpha = 0`` keeps the whole vocabulary: nothing to save; see :func:`sparse_contrast`)."""
+    return (cfg.repetition_penalty == 1.0 and cfg.alpha > 0
+            and (cfg.method == "contrast" or len(cfg.layers) == 1))
 
 
 def sparse_contrast(final_logits: torch.Tensor, stash: HiddenStash, norm: NormFn, token_head: TokenHeadFn,
@@ -200,8 +202,8 @@ def sparse_contrast(final_logits: torch.Tensor, stash: HiddenStash, norm: NormFn
     outside the plausible set as there.
     """
     final_logp = log_softmax(final_logits)
-    log_alpha = torch.tensor([[math.log(c.alpha)] for c in configs], dtype=final_logp.dtype, device=final_logp.device)
-    mask = final_logp >= final_logp.max(dim=-1, keepdim=True).values + log_alpha  # plausibility_mask per row
+    thresholds = torch.tensor([[log_alpha(c.alpha)] for c in configs], dtype=final_logp.dtype, device=final_logp.device)
+    mask = final_logp >= final_logp.max(dim=-1, keepdim=True).values + thresholds  # plausibility_mask per row (alpha > 0)
     ri, ti = mask.nonzero(as_tuple=True)
     normed, groups = _normed_pairs(stash, norm, rows, configs)
     # pair index and weight of (row j, its i-th layer); -1 / 0 where a row has fewer layers

@@ -87,6 +87,17 @@ def test_plausibility_mask_keeps_exactly_the_plausible_tokens() -> None:
     ]
 
 
+def test_alpha_zero_switches_the_constraint_off() -> None:
+    """DoLa's own TruthfulQA-MC setting (``relative_top 0.0``): every token with p > 0 stays, and the
+    contrast is log p_final - log p_premature on all of them."""
+    rows = torch.stack([logp(0.5, 0.3, 0.04, 0.1, 0.06), logp(0.4, 0.4, 0.2, 0.0, 0.0)])
+    assert plausibility_mask(rows, 0.0).tolist() == [[True] * 5, [True, True, True, False, False]]
+    final, prem = _batch(3, 50, [2, 8], seed=5)
+    out = apply_contrast(final, prem, [ResolvedDecoding("dola", (2,), alpha=0.0)] * 3, [[]] * 3)
+    assert torch.equal(out, log_softmax(final) - log_softmax(prem[2]))
+    assert bool(torch.isfinite(out).all())
+
+
 def test_contrast_values_equal_hand_computed_numbers() -> None:
     final = logp(0.5, 0.3, 0.04, 0.16)[None]
     prem = logp(0.25, 0.5, 0.125, 0.125)[None]

@@ -16,7 +16,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from steering.contrastive import apply_contrast
 from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
 from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
-from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor, premature_logits
+from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor, premature_logits, sparse_ok
 from steering.vllm.runtime import SteeringRuntime
 from steering.vllm.stash import HiddenStash, parse_decoding_request
 from tests.unit.helpers import make_bundle
@@ -264,18 +264,22 @@ def test_premature_logits_compute_only_the_pairs_used_in_one_call() -> None:
 def test_sparse_contrast_equals_the_full_one_up_to_a_constant_per_row() -> None:
     """The per-row log-normaliser of the premature layers cancels in the sampler: the sparse path's
     scores are the full path's minus one constant per row, with the same -inf set and argmax."""
-    logits, hidden, w, scale = setup_step(6)
+    logits, hidden, w, scale = setup_step(7)
     one = ResolvedDecoding("dola", (2,), alpha=0.05)  # DoLa with one candidate: a fixed contrast
     wide = ResolvedDecoding("contrast", (0, 1, 3), (0.2, 0.3, 0.5), alpha=0.01)
-    configs: list[ResolvedDecoding | None] = [FUSED, None, one, wide, DOLA, FIXED]  # DOLA, FIXED: full path
-    histories = [[1], [2], [3], [4], [5], [6, 2]]
+    # DOLA, FIXED (repetition penalty) and alpha 0 (the whole vocabulary is plausible): full path
+    open_ = ResolvedDecoding("contrast", (1,), (1.0,), alpha=0.0)
+    assert not sparse_ok(open_) and sparse_ok(one) and sparse_ok(wide)
+    configs: list[ResolvedDecoding | None] = [FUSED, None, one, wide, DOLA, FIXED, open_]
+    histories = [[1], [2], [3], [4], [5], [6, 2], [0]]
     full, sparse = processor(), processor()
     for lp, sp in ((full, False), (sparse, True)):
-        lp.update_state(BatchUpdate(6, [], [(i, params(c), histories[i], []) for i, c in enumerate(configs)], []))
+        lp.update_state(BatchUpdate(7, [], [(i, params(c), histories[i], []) for i, c in enumerate(configs)], []))
         attach(lp, configs, hidden, w, scale, sparse=sp)
     a, b = full.apply(logits.clone()), sparse.apply(logits.clone())
     assert torch.equal(a[1], logits[1]) and torch.equal(b[1], logits[1])
-    assert torch.equal(a[4:], b[4:])  # DoLa over several layers and the repetition penalty: full path in both
+    assert torch.equal(a[4:], b[4:])  # full path in both
+    assert bool(torch.isfinite(a[6]).all())  # alpha 0: every token keeps a finite score
     for r in (0, 2, 3):
         finite = torch.isfinite(a[r])
         assert torch.equal(finite, torch.isfinite(b[r])) and int(finite.sum()) >= 1

@@ -74,7 +74,9 @@ def test_wire_round_trip_is_json() -> None:
         _resolve({"method": "dola", "premature_layers": [0, 29], "alpha": 0.25, "repetition_penalty": 1.2}),
         _resolve({"method": "contrast", "premature_layers": [3, 9], "weights": [2, 1], "entropy_threshold": 1.5}),
         _resolve({"method": "none"}),
+        _resolve({"method": "dola", "alpha": 0}),  # the constraint off (DoLa's TruthfulQA-MC scoring)
     ]
+    assert cfgs[-1].alpha == 0.0
     for c in cfgs:
         wire = json.loads(json.dumps(c.to_wire()))
         assert ResolvedDecoding.from_wire(wire) == c
@@ -119,7 +121,7 @@ def test_resolution_errors_name_the_parameter(raw: object, param: str, match: st
         ({"method": "dola", "premature_layers": "middle"}, "decoding.premature_layers", "'low', 'high' or a list"),
         ({"method": "dola", "premature_layers": 5}, "decoding.premature_layers", "'low', 'high' or a list"),
         ({"method": "dola", "premature_layers": [1.5]}, "decoding.premature_layers[0]", "valid integer"),
-        ({"method": "dola", "alpha": 0}, "decoding.alpha", "greater than 0"),
+        ({"method": "dola", "alpha": -0.1}, "decoding.alpha", "greater than or equal to 0"),
         ({"method": "dola", "alpha": 1.5}, "decoding.alpha", "less than or equal to 1"),
         ({"method": "dola", "alpha": float("nan")}, "decoding.alpha", "finite"),
         ({"method": "dola", "entropy_threshold": -0.1}, "decoding.entropy_threshold", "greater than or equal to 0"),
