@@ -43,6 +43,28 @@ def test_jsd_hand_computed() -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
 
 
+def _jsd_by_kl(final_logp: torch.Tensor, premature_logp: torch.Tensor) -> torch.Tensor:
+    """The definition, in float64: KL(P || M) / 2 + KL(Q || M) / 2 (0 log 0 = 0)."""
+    p, q = final_logp.double().exp().expand_as(premature_logp), premature_logp.double().exp()
+    m = (p + q) / 2
+    kl = lambda a: torch.where(a > 0, a * (a.log() - m.log()), torch.zeros((), dtype=a.dtype)).sum(-1)  # noqa: E731
+    return (kl(p) + kl(q)) / 2
+
+
+def test_jsd_equals_the_kl_definition_on_large_vocabularies() -> None:
+    """Entropy form vs the definition, on a 49152-token vocabulary with masked (-inf) final-layer
+    tokens and premature tokens that underflow to p = 0."""
+    g = torch.Generator().manual_seed(3)
+    final = log_softmax(torch.randn(6, 49152, generator=g) * 4)
+    final[:, :100] = -INF
+    prem = log_softmax(torch.randn(4, 6, 49152, generator=g) * 4)
+    prem[:, :, 50:80] = -200.0
+    got = jsd(final, prem)
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got.double(), _jsd_by_kl(final, prem), rtol=0, atol=2e-6)
+    assert torch.equal(jsd_select(final, prem), _jsd_by_kl(final, prem).argmax(0))
+
+
 def test_jsd_select_picks_the_farthest_layer_per_row() -> None:
     final = torch.stack([logp(0.5, 0.3, 0.2), logp(0.1, 0.1, 0.8)])
     prem = torch.stack(
