@@ -1,5 +1,6 @@
 """What users would run instead: HF transformers ``generate`` with a steering forward hook on the
-decoder layers (the repeng / steering-vectors way), batched (left padding, greedy).
+decoder layers (the repeng / steering-vectors way), batched (left padding, greedy, fixed output
+lengths like the servers' ``ignore_eos``).
 
 Closed-loop shapes: the requests in static batches of the concurrency level. Poisson shape: requests
 are batched as they arrive (everything that has arrived when the model is free goes into the next
@@ -53,17 +54,15 @@ def _load() -> tuple[Any, Any]:
 
 
 def _generate(model: Any, tok: Any, prompts: Sequence[str], max_tokens: int) -> list[int]:
+    """Greedy, exactly ``max_tokens`` new tokens per row (EOS suppressed, as ``ignore_eos`` does on
+    the servers): output lengths never depend on what the steering does to the text."""
     import torch
 
     enc = tok(list(prompts), return_tensors="pt", padding=True)
     with torch.inference_mode():
-        out = model.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[:, enc["input_ids"].shape[1]:]
-    # tokens up to and including the first EOS, as a server would count them
-    counts = []
-    for row in new.tolist():
-        counts.append(row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row))
-    return counts
+        out = model.generate(**enc, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    return [int(out.shape[1] - enc["input_ids"].shape[1])] * len(prompts)
 
 
 def run(shapes: Sequence[Shape]) -> dict[str, Any]:

@@ -5,8 +5,8 @@ Two load shapes, every scenario of bench/scenarios.py side by side in one run:
                levels (1, 8, 32, 64): each level sends its requests with at most that many in flight;
   poisson:     open loop, Poisson arrivals (fixed seed) with mixed prompt and output lengths, where
                continuous batching matters.
-Streams every request; TTFT is the first token-carrying chunk, ITL the gaps between them; tokens
-from ``usage``. A scenario the server rejects (4xx, e.g. ``decoding`` before DoLa is wired) is
+Streams every request with ``ignore_eos`` (fixed output lengths); TTFT is the first token-carrying
+chunk, ITL the gaps between them; tokens from ``usage``. A scenario the server rejects (4xx, e.g. ``decoding`` before DoLa is wired) is
 recorded as "unsupported (400)". Plain vLLM (its own server, same engine settings) and truthsteer
 run one after the other; the HF transformers ``generate`` baseline with a steering hook runs the
 same workloads in-process (bench/hf_baseline.py). Writes bench/results/loadgen-latest.{json,md,png}.
@@ -65,8 +65,10 @@ def poisson_shape(n: int, rate: float, out_lens: tuple[int, ...], seed: int) -> 
 
 
 async def one(client: httpx.AsyncClient, base: str, model: str, req: Req, extra: dict[str, Any]) -> RequestTiming:
+    # ignore_eos (vLLM's extension, both servers): every request generates exactly max_tokens, so
+    # scenarios that change the text (steering, DoLa) are compared on the same amount of work
     body = {"model": model, "prompt": req.prompt, "max_tokens": req.max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}, **extra}
+            "ignore_eos": True, "stream_options": {"include_usage": True}, **extra}
     start = time.perf_counter()
     times: list[float] = []
     tokens = 0
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small CPU run: levels 1 and 8, short outputs")
     ap.add_argument("--levels", default=None, help="comma-separated concurrency levels (default 1,8,32,64)")
     ap.add_argument("--tokens", type=int, default=None, help="max_tokens of the closed-loop shape (default 64)")
+    ap.add_argument("--min-requests", type=int, default=None,
+                    help="requests per closed-loop level: max(level, this) (default 16)")
     ap.add_argument("--poisson-requests", type=int, default=None)
     ap.add_argument("--poisson-rate", type=float, default=None, help="arrivals per second")
     ap.add_argument("--scenarios", default=None, help="comma-separated scenario names (default: all)")
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     q = args.quick
     levels = [int(x) for x in (args.levels or ("1,8" if q else "1,8,32,64")).split(",")]
     tokens = args.tokens or (16 if q else 64)
-    shapes = [closed_shape(c, max(c, 2 if q else 16), tokens) for c in levels]
+    floor = args.min_requests or (2 if q else 16)
+    shapes = [closed_shape(c, max(c, floor), tokens) for c in levels]
     shapes.append(poisson_shape(args.poisson_requests or (8 if q else 128), args.poisson_rate or (2.0 if q else 8.0),
                                 (8, 16, 32) if q else (16, 32, 64, 128), seed=0))
     chosen = [s for s in SCENARIOS if args.scenarios is None or s.name in args.scenarios.split(",")]

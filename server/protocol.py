@@ -83,6 +83,10 @@ class _Common(_Req):
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     user: str | None = None
+    # vLLM's own extensions (``extra_body``), kept so that vLLM clients and benchmarks carry over
+    ignore_eos: bool = Field(default=False, description="vLLM extension: keep generating past EOS up to max_tokens")
+    min_tokens: int = Field(default=0, ge=0, description="vLLM extension: EOS and stop strings are ignored before "
+                            "this many tokens (at most max_tokens)")
     steering: list[SteeringOp] | None = Field(default=None, description=_STEERING_DOC)
     probes: list[str] | Literal["all"] | None = Field(default=None, description=_PROBES_DOC)
     abstain: Abstain | None = Field(

@@ -181,7 +181,7 @@ class Serving:
             return SamplingParams(
                 n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
                 presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, logprobs=logprobs,
-                prompt_logprobs=prompt_logprobs,
+                prompt_logprobs=prompt_logprobs, ignore_eos=req.ignore_eos, min_tokens=req.min_tokens,
                 extra_args={EXTRA_ARGS_KEY: ext} if ext else None, output_kind=RequestOutputKind.DELTA,
             )
         except ValueError as e:  # vLLM's own checks on sampling parameters
@@ -286,6 +286,9 @@ class Serving:
                            type="service_unavailable", param=param, code="probes_unavailable")
         prompts = self._prompts(req, cache_salt(ops))
         max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
+        if req.min_tokens > max_tokens:
+            raise bad_request(f"min_tokens={req.min_tokens} is more than the {max_tokens} tokens this request may "
+                              "generate", "min_tokens", "invalid_value")
         base_id = uuid.uuid4().hex
         jobs: list[Job] = []
         for i, p in enumerate(prompts):

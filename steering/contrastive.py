@@ -32,7 +32,8 @@ def log_softmax(logits: torch.Tensor) -> torch.Tensor:
 
 def _neg_entropy(p: torch.Tensor) -> torch.Tensor:
     """``sum p log p`` over the last dimension (``0 log 0 = 0``)."""
-    return torch.special.xlogy(p, p).sum(-1)
+    out: torch.Tensor = torch.special.xlogy(p, p).sum(-1)
+    return out
 
 
 def jsd(final_logp: torch.Tensor, premature_logp: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,18 @@ def test_completion_shape_and_steering_reaches_the_engine(app_client: Any) -> No
     assert "cache_salt" not in prompt and not params.extra_args
 
 
+def test_vllm_extensions_ignore_eos_and_min_tokens_reach_the_engine(app_client: Any) -> None:
+    for url, body in (("/v1/completions", {"prompt": "x"}),
+                      ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})):
+        r = app_client.post(url, json={"model": "tiny", "max_tokens": 3, "ignore_eos": True, "min_tokens": 2, **body})
+        assert r.status_code == 200, r.text
+        _, params, _ = app_client.engine.requests[-1]
+        assert params.ignore_eos is True and params.min_tokens == 2 and params.max_tokens == 3
+    app_client.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1})
+    _, params, _ = app_client.engine.requests[-1]
+    assert params.ignore_eos is False and params.min_tokens == 0
+
+
 def test_decoding_reaches_the_engine_on_both_endpoints_without_cache_salt(app_client: Any) -> None:
     body = {"model": "tiny", "prompt": "The capital", "max_tokens": 2,
             "decoding": {"method": "contrast", "premature_layers": [1, 3], "weights": [1, 3], "entropy_threshold": 2}}
@@ -186,6 +198,9 @@ def test_chat_stream_is_sse_with_role_usage_and_done(app_client: Any) -> None:
         ({"probes": "some"}, 400, "probes"),
         ({"max_tokens": 1000}, 400, "max_tokens"),
         ({"max_tokens": 0}, 400, "max_tokens"),
+        ({"min_tokens": 3}, 400, "min_tokens"),
+        ({"min_tokens": -1}, 400, "min_tokens"),
+        ({"ignore_eos": "sometimes"}, 400, "ignore_eos"),
         ({"temperature": 3}, 400, "temperature"),
         ({"n": 5}, 400, "n"),
         ({"logprobs": 50}, 400, "logprobs"),
