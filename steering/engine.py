@@ -15,7 +15,7 @@ from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import BundleError
 from steering.model_info import ModelInfo, describe
 from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
-from steering.vllm.config import WorkerConfig
+from steering.vllm.config import WorkerConfig, digest_files
 
 CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
 DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
@@ -112,8 +112,10 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
     else:
         kwargs["gpu_memory_utilization"] = opts.gpu_memory_utilization
     if opts.steering:
+        sources = [str(Path(b.source).resolve()) for b in bundles.values()]
         wc = WorkerConfig(
-            directions=[str(Path(b.source).resolve()) for b in bundles.values()],
+            directions=sources,
+            directions_digest=digest_files(sources),
             max_ops_per_layer=opts.max_ops_per_layer,
             force=opts.force,
             prompt_contrast=opts.prompt_contrast,

@@ -6,6 +6,9 @@ compiled graph with the steering op is never confused with a plain one in the co
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -17,12 +20,15 @@ class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     directions: list[str] = Field(default_factory=list, description="bundle files to load")
+    # sha256 over the bundle files' bytes: the tables the plugin traces into the graph take their
+    # shapes from the bundles, so a changed or added bundle must never reuse a cached graph
+    directions_digest: str = ""
     max_ops_per_layer: int = Field(default=4, ge=1, le=16)
     force: bool = False
     # echo scoring under ``decoding``: stash buffers get max_num_tokens more rows (prompt positions);
     # memory num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes
     prompt_contrast: bool = False
-    plugin_version: int = 2  # bump when the graph the plugin builds changes
+    plugin_version: int = 3  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:
         return {ADDITIONAL_CONFIG_KEY: self.model_dump()}
@@ -33,3 +39,12 @@ class WorkerConfig(BaseModel):
         if not isinstance(extra, dict) or ADDITIONAL_CONFIG_KEY not in extra:
             return None
         return cls.model_validate(extra[ADDITIONAL_CONFIG_KEY])
+
+
+def digest_files(paths: Iterable[str | Path]) -> str:
+    """sha256 over the files' names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(p).encode() + b"\0")
+        h.update(Path(p).read_bytes())
+    return h.hexdigest()

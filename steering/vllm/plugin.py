@@ -93,6 +93,29 @@ def register() -> None:
         _patch(cls, "load_model", _wrap_load_model)
     _patch(GPUModelRunner, "_model_forward", _wrap_model_forward)
     _patch(GPUModelRunner, "_get_prompt_logprobs_dict", _wrap_prompt_logprobs)
+    _allow_aot_reload_on_cpu()
+
+
+def _allow_aot_reload_on_cpu() -> None:
+    """vLLM 0.32 on CPU compiles with plain Inductor, whose AOT artifact (torch's
+    ``BundledAOTAutogradSerializableCallable``) has no ``finalize_loading``; vLLM's loader calls it
+    unconditionally, fails, and recompiles the model at every start (1-3 min here). Nothing is
+    left to finalize for that artifact (it is fully loaded by deserialisation), so a no-op lets
+    vLLM use its cache. GPU builds compile through vLLM's own backend, whose artifact has the
+    method: this does nothing there. A truthsteer engine's cache key covers its start-up
+    configuration and the bundles' bytes (:class:`~steering.vllm.config.WorkerConfig`)."""
+    try:
+        from torch._dynamo.aot_compile_types import (
+            BundledAOTAutogradSerializableCallable as Bundled,
+        )
+    except ImportError:  # other torch versions: leave vLLM's behaviour alone
+        return
+    if "finalize_loading" not in Bundled.__dict__:
+        Bundled.finalize_loading = _finalize_nothing  # type: ignore[attr-defined]
+
+
+def _finalize_nothing(self: Any, vllm_config: Any) -> None:
+    """Already loaded (see :func:`_allow_aot_reload_on_cpu`)."""
 
 
 def _wrap_prompt_logprobs(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -52,3 +52,29 @@ def test_model_forward_prepares_the_step_before_and_sends_probes_after() -> None
     )
     r.calls = order
     assert r._model_forward(41) == 42 and order == ["prepare", "forward", "finish"]
+
+
+def test_directions_digest_follows_the_bundle_bytes(tmp_path: Any) -> None:
+    """A changed bundle changes the worker config, hence vLLM's compile-cache key."""
+    from steering.vllm.config import digest_files
+
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    a.write_bytes(b"one")
+    b.write_bytes(b"two")
+    first = digest_files([a, b])
+    assert first == digest_files([a, b]) and first != digest_files([b, a]) and first != digest_files([a])
+    b.write_bytes(b"twp")
+    assert digest_files([a, b]) != first
+    cfg = WorkerConfig(directions=[str(a), str(b)], directions_digest=digest_files([a, b]))
+    assert cfg.to_additional_config() != WorkerConfig(directions=[str(a), str(b)], directions_digest=first).to_additional_config()
+
+
+def test_cpu_aot_artifacts_can_be_finalized_after_register() -> None:
+    """vLLM's AOT loader calls ``compiled_fn.finalize_loading``; torch's Inductor artifact (what the
+    CPU build compiles to) has none unless the plugin adds its no-op."""
+    from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable as Bundled
+
+    plugin.register()
+    fn = Bundled.__new__(Bundled)
+    fn.compiled_fn = lambda *a: a  # what deserialisation leaves there: a plain function
+    assert fn.finalize_loading(None) is None
