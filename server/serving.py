@@ -31,6 +31,7 @@ from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
 log = logging.getLogger(__name__)
 Req = CompletionRequest | ChatCompletionRequest
 PROBE_WAIT_S = 30.0
+PROBE_HANDSHAKE_S = 30.0  # start-up: the probe channel must carry a row end to end within this
 
 
 @dataclass
@@ -141,6 +142,12 @@ class Serving:
             raise RuntimeError("truthsteer: the engine publishes no probe channel; is the plugin installed?")
         self.receiver = ProbeReceiver(addresses[0])
         self.receiver.start()
+
+        async def ping(pid: str) -> None:
+            await self.engine.collective_rpc("truthsteer_probe_ping", args=(pid,))
+
+        if not await self.receiver.handshake(ping, PROBE_HANDSHAKE_S):
+            raise RuntimeError(f"truthsteer: no probe row arrived from {addresses[0]} within {PROBE_HANDSHAKE_S:g} s")
 
     async def close(self) -> None:
         if self.receiver is not None:
@@ -267,6 +274,9 @@ class Serving:
         decoding = self.resolve_decoding(req.decoding)
         if decoding is not None and isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
             self._check_echo_decoding(decoding)
+        elif decoding is not None and decoding.echo_scores != "logprobs":
+            raise bad_request("decoding.echo_scores applies to echo scoring only (completions with echo and "
+                              "logprobs); drop it or ask for echo and logprobs", "decoding.echo_scores", "invalid_value")
         scored = list(probes)
         if req.abstain is not None:
             if req.abstain.probe not in self.probes:

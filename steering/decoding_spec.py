@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 WIRE_KEY = "decoding"
 Method = Literal["dola", "contrast", "none"]
 Bucket = Literal["low", "high"]
+EchoScores = Literal["logprobs", "contrast"]
 DOLA, CONTRAST, NONE = "dola", "contrast", "none"
 
 
@@ -97,6 +98,13 @@ class DecodingSpec(BaseModel):
         description="contrast only at steps where this probe, read at the decoded position in the same "
         "forward pass, flags risk (see DecodingGate); combines with entropy_threshold (both must pass)",
     )
+    echo_scores: EchoScores = Field(
+        default="logprobs",
+        description="echo scoring only (completions with echo and logprobs): what the prompt tokens' "
+        "logprobs hold. logprobs: log_softmax of the contrast (a distribution over the plausible "
+        "tokens) | contrast: the contrast score itself, log p_final - log p_premature, not normalised "
+        "(DoLa's own TruthfulQA-MC scoring, post_softmax off; with alpha 0 every token has one)",
+    )
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,7 @@ class ResolvedDecoding:
     entropy_threshold: float | None = None
     repetition_penalty: float = 1.0
     gate: ResolvedGate | None = None
+    echo_scores: str = "logprobs"  # what echo scoring writes for prompt tokens (prompt_contrast)
 
     @property
     def active(self) -> bool:
@@ -127,6 +136,8 @@ class ResolvedDecoding:
         }
         if self.gate is not None:  # ungated configs keep their pre-gate wire form
             d["gate"] = self.gate.to_wire()
+        if self.echo_scores != "logprobs":
+            d["echo_scores"] = self.echo_scores
         return d
 
     @classmethod
@@ -140,6 +151,7 @@ class ResolvedDecoding:
             entropy_threshold=None if threshold is None else float(threshold),
             repetition_penalty=float(d.get("repetition_penalty", 1.0)),
             gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
+            echo_scores=str(d.get("echo_scores", "logprobs")),
         )
 
 
@@ -257,4 +269,5 @@ def resolve_decoding(
         entropy_threshold=spec.entropy_threshold,
         repetition_penalty=1.0 if spec.repetition_penalty is None else spec.repetition_penalty,
         gate=None if spec.gate is None else resolve_gate(spec.gate, bundles or {}, f"{param}.gate"),
+        echo_scores=spec.echo_scores,
     )

@@ -6,8 +6,9 @@ scores. Every row is keyed by the request's own probe id (chosen by the API proc
 ``SamplingParams.extra_args``) and by the absolute sequence position whose activation was read, so
 scores can never be attributed to another request or token, and a recomputed position (after a
 preemption) simply overwrites itself. The API process learns the address once, at start-up, through
-an engine RPC (see :mod:`steering.vllm.worker_ext`); nothing travels through files or environment
-variables. Wire format: msgpack.
+an engine RPC (see :mod:`steering.vllm.worker_ext`) and, before serving, checks the channel end to
+end (:meth:`ProbeReceiver.handshake`); nothing travels through files or environment variables.
+Wire format: msgpack.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ import math
 import os
 import tempfile
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 import zmq
@@ -63,13 +67,20 @@ class ProbeSender:
         self._sock.bind(self.address)
         self.dropped = 0
 
-    def send(self, msg: StepMessage) -> None:
+    def send(self, msg: StepMessage) -> bool:
+        """Queue ``msg`` for the reader; ``False`` (and counted) when it had to be dropped."""
         try:
             self._sock.send(_ENC.encode(msg), flags=zmq.NOBLOCK)
         except zmq.Again:  # no API process connected, or it fell far behind
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
                 log.warning("truthsteer: dropped %d probe messages (no reader)", self.dropped)
+            return False
+        return True
+
+    def ping(self, probe_id: str) -> bool:
+        """An empty row for ``probe_id``: the reader's sink for it fires (the start-up handshake)."""
+        return self.send(StepMessage([], [(probe_id, [], [], [])]))
 
     def close(self) -> None:
         self._sock.close(0)
@@ -144,6 +155,24 @@ class ProbeReceiver:
                 self.unclaimed += 1
                 continue
             sink.add(msg.names, positions, logits, flags)
+
+    async def handshake(self, ping: Callable[[str], Awaitable[Any]], timeout: float) -> bool:
+        """Until ``timeout``: ask the worker to ``ping`` a private id and wait for it to arrive.
+        ZeroMQ connects in the background and the worker drops what it cannot send at once, so
+        without this the first rows after start-up could be lost (their tokens would get no score)."""
+        pid = f"ping-{uuid.uuid4().hex}"
+        sink = self.register(pid)
+        assert sink.event is not None
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                await ping(pid)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sink.event.wait(), 0.1)
+                    return True
+            return False
+        finally:
+            self.unregister(pid)
 
     def register(self, probe_id: str) -> ProbeSink:
         sink = ProbeSink(event=asyncio.Event())

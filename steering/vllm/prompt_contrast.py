@@ -14,7 +14,9 @@ token) with the teacher-forced contrast, position by position, exactly as DoLa s
 * the entropy gate per position (positions below the threshold keep vLLM's values bit for bit);
 * :func:`steering.contrastive.apply_contrast` (DoLa's per-position JSD layer selection, fixed or
   fused contrast, plausibility mask with ``alpha``), then ``log_softmax`` over the plausible set:
-  tokens outside it get ``-inf`` (the server writes ``-9999.0``, as vLLM's OpenAI server does).
+  tokens outside it get ``-inf`` (the server writes ``-9999.0``, as vLLM's OpenAI server does);
+  with ``echo_scores: "contrast"`` the contrast scores themselves, not normalised (DoLa's own
+  TruthfulQA-MC scoring).
   Fixed and fused contrasts read the premature LM head at the plausible tokens only
   (:func:`~steering.vllm.contrastive_lp.sparse_contrast`): its dropped per-position constant
   cancels in the ``log_softmax``.
@@ -110,7 +112,7 @@ def overwrite(runner: Any, stash: HiddenStash, hidden_states: torch.Tensor, rid:
     mode = str(getattr(runner.model_config, "logprobs_mode", "raw_logprobs"))
     positions, scores = contrast_positions(
         hidden_states[seg.token_row : seg.token_row + seg.count], stash, seg, proc.norm, proc.head,
-        proc.token_head, logits_mode=mode in ("raw_logits", "processed_logits"),
+        proc.token_head, logits_mode=mode in ("raw_logits", "processed_logits") or seg.config.echo_scores == "contrast",
     )
     if positions.numel() == 0:
         return 0

@@ -13,6 +13,12 @@ class TruthsteerWorkerExtension:
         runtime = getattr(self.model_runner, "truthsteer", None)
         return runtime.probe_address if runtime is not None else None
 
+    def truthsteer_probe_ping(self, probe_id: str) -> bool:
+        """Send an empty probe row for ``probe_id`` (the API's start-up handshake)."""
+        runtime = getattr(self.model_runner, "truthsteer", None)
+        sender = runtime.sender if runtime is not None else None
+        return sender.ping(probe_id) if sender is not None else False
+
     def truthsteer_decoding_stats(self) -> dict[str, Any] | None:
         """Counters of contrastive decoding on this worker (rows contrasted, sparse path in use)."""
         from steering.vllm.contrastive_lp import stats

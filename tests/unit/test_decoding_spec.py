@@ -75,8 +75,10 @@ def test_wire_round_trip_is_json() -> None:
         _resolve({"method": "contrast", "premature_layers": [3, 9], "weights": [2, 1], "entropy_threshold": 1.5}),
         _resolve({"method": "none"}),
         _resolve({"method": "dola", "alpha": 0}),  # the constraint off (DoLa's TruthfulQA-MC scoring)
+        _resolve({"method": "dola", "alpha": 0, "echo_scores": "contrast"}),
     ]
-    assert cfgs[-1].alpha == 0.0
+    assert cfgs[-2].alpha == 0.0 and cfgs[-2].echo_scores == "logprobs" and cfgs[-1].echo_scores == "contrast"
+    assert "echo_scores" not in cfgs[-2].to_wire()  # default configs keep their earlier wire form
     for c in cfgs:
         wire = json.loads(json.dumps(c.to_wire()))
         assert ResolvedDecoding.from_wire(wire) == c
@@ -123,6 +125,7 @@ def test_resolution_errors_name_the_parameter(raw: object, param: str, match: st
         ({"method": "dola", "premature_layers": [1.5]}, "decoding.premature_layers[0]", "valid integer"),
         ({"method": "dola", "alpha": -0.1}, "decoding.alpha", "greater than or equal to 0"),
         ({"method": "dola", "alpha": 1.5}, "decoding.alpha", "less than or equal to 1"),
+        ({"method": "dola", "echo_scores": "raw"}, "decoding.echo_scores", "'logprobs' or 'contrast'"),
         ({"method": "dola", "alpha": float("nan")}, "decoding.alpha", "finite"),
         ({"method": "dola", "entropy_threshold": -0.1}, "decoding.entropy_threshold", "greater than or equal to 0"),
         ({"method": "dola", "entropy_threshold": float("inf")}, "decoding.entropy_threshold", "finite"),

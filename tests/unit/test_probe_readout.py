@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from typing import Any
 
 import numpy as np
@@ -156,6 +157,37 @@ def test_channel_routes_rows_by_probe_id_and_waits_for_late_rows() -> None:
         sender.send(StepMessage(["truth"], [("a", [5], [[1.0]], [0])]))
         assert await late
         receiver.unregister("a")
+        await receiver.close()
+        sender.close()
+
+    asyncio.run(main())
+
+
+def test_handshake_waits_for_the_channel_and_gives_up_without_a_worker() -> None:
+    """Right after connect, the worker's first sends may be dropped (no peer yet); the handshake
+    retries until a ping arrives, and every row after it is delivered. A worker that never sends
+    makes it return False at the deadline instead of hanging."""
+
+    async def main() -> None:
+        sender = ProbeSender()
+        receiver = ProbeReceiver(sender.address)
+        receiver.start()
+        pings: list[bool] = []
+
+        async def ping(pid: str) -> None:
+            pings.append(sender.ping(pid))
+
+        assert await receiver.handshake(ping, timeout=10) and pings[-1]
+        sink = receiver.register("a")  # now the very next row arrives
+        sender.send(StepMessage(["truth"], [("a", [0], [[0.0]], [-1])]))
+        assert await receiver.wait(sink, range(0, 1), timeout=5) and receiver.unclaimed == 0
+
+        async def silent(pid: str) -> None:
+            return None
+
+        t = time.monotonic()
+        assert not await receiver.handshake(silent, timeout=0.3)
+        assert time.monotonic() - t < 2 and receiver._sinks.keys() == {"a"}  # the ping sink is gone
         await receiver.close()
         sender.close()
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from types import SimpleNamespace
@@ -114,10 +115,11 @@ def test_stash_prompt_rows_in_a_compiled_graph_see_row_updates() -> None:
 
 # ---------------------------------------------------------------------------------------- the maths
 def expected_rows(final: torch.Tensor, premature: dict[int, torch.Tensor], cfg: ResolvedDecoding) -> torch.Tensor:
-    """Per position: apply_contrast on that one row, then log_softmax (the DoLa scoring rule)."""
-    rows = [log_softmax(apply_contrast(final[t : t + 1], {k: v[t : t + 1] for k, v in premature.items()}, [cfg], [[]]))[0]
+    """Per position: apply_contrast on that one row, then log_softmax (the DoLa scoring rule), or
+    with ``echo_scores: "contrast"`` the contrast itself."""
+    rows = [apply_contrast(final[t : t + 1], {k: v[t : t + 1] for k, v in premature.items()}, [cfg], [[]])[0]
             for t in range(final.shape[0])]
-    return torch.stack(rows)
+    return torch.stack(rows) if cfg.echo_scores == "contrast" else torch.stack([log_softmax(r) for r in rows])
 
 
 @pytest.mark.parametrize("cfg", [DOLA, FIXED, FUSED, ResolvedDecoding("dola", (0, 1, 2, 3), alpha=0.01)])
@@ -191,10 +193,13 @@ def fake_model_runner(w: torch.Tensor, scale: torch.Tensor, stash: HiddenStash, 
     )
 
 
-def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_alone() -> None:
+@pytest.mark.parametrize("cfg", [DOLA, dataclasses.replace(DOLA, alpha=0.0, echo_scores="contrast")],
+                         ids=["logprobs", "raw-contrast"])
+def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_alone(cfg: ResolvedDecoding) -> None:
     """Two steps of chunked prefill of an echo-DoLa request next to a plain echo request, through
     vLLM's own ``_get_prompt_logprobs_dict``: DoLa positions equal the per-position reference, the
-    plain request equals the unwrapped method bit for bit."""
+    plain request equals the unwrapped method bit for bit. ``echo_scores: "contrast"`` with alpha 0
+    writes the unnormalised contrast (DoLa's MC scoring): finite everywhere."""
     g = torch.Generator().manual_seed(11)
     V = 11
     w = torch.randn(V, H, generator=g)
@@ -212,7 +217,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
     # prompt (x rows 4..8); step 2: dola's last 5 tokens (x rows 9..13), positions 4..7
     for step, sched in enumerate(([("dola", 4, 0), ("plain", 5, 4)], [("dola", 5, 9)])):
         reqs = [decoding_req(rid, len(ids[rid]), runner.requests[rid].num_computed_tokens, n,
-                             DOLA if rid == "dola" else None) for rid, n, _ in sched]
+                             cfg if rid == "dola" else None) for rid, n, _ in sched]
         runner.input_batch.req_id_to_index = {rid: i for i, (rid, _, _) in enumerate(sched)}
         runner.query_start_loc.np = np.concatenate([[0], np.cumsum([n for _, n, _ in sched])]).astype(np.int32)
         prepare(stash, reqs, {rid for rid, _, _ in sched})
@@ -236,7 +241,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
     # reference: every dola position t (token rows 0..3 then 9..13 of x) over the whole prompt
     token_rows = [0, 1, 2, 3, 9, 10, 11, 12]
     premature = {k: norm_fn(scale)(streams[k][token_rows]) @ w.t() for k in range(L)}
-    want = expected_rows(final_hidden[token_rows] @ w.t(), premature, DOLA)
+    want = expected_rows(final_hidden[token_rows] @ w.t(), premature, cfg)
     targets = torch.tensor(ids["dola"][1:])
     assert torch.equal(got.logprobs[:, 0], want.gather(1, targets[:, None])[:, 0])
     top = torch.topk(want, 2, dim=-1)
@@ -244,7 +249,11 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
     assert torch.equal(got.logprobs[:, 1:], top.values)
     rank = (want >= want.gather(1, targets[:, None])).sum(-1)
     assert torch.equal(got.selected_token_ranks, rank.to(got.selected_token_ranks.dtype))
-    assert bool(torch.isinf(got.logprobs).any())  # some prompt tokens fall outside the plausible set
+    if cfg.alpha > 0:
+        assert bool(torch.isinf(got.logprobs).any())  # some prompt tokens fall outside the plausible set
+    else:
+        assert bool(torch.isfinite(got.logprobs).all())
+        assert not torch.allclose(want.exp().sum(-1), torch.ones(len(token_rows)))  # not a distribution
     assert not math.isnan(float(got.logprobs[torch.isfinite(got.logprobs)].sum()))
 
 

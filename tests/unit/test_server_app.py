@@ -41,7 +41,9 @@ class FakeEngine:
         self.aborted: list[str] = []
         self.sender = ProbeSender()
 
-    async def collective_rpc(self, method: str) -> list[str | None]:
+    async def collective_rpc(self, method: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        if method == "truthsteer_probe_ping":  # what the worker extension does
+            return [self.sender.ping(*args)]
         assert method == "truthsteer_probe_address"
         return [self.sender.address]
 
@@ -480,6 +482,18 @@ def test_echo_with_logprobs_under_decoding_asks_the_engine_for_contrasted_prompt
     assert app_client.post("/v1/completions", json={**body, "echo": False,
                                                    "decoding": {"method": "dola", "repetition_penalty": 1.2}}
                            ).status_code == 200
+    # raw contrast scores (DoLa's MC scoring) reach the engine; outside echo scoring they are a 400
+    raw = {**body["decoding"], "alpha": 0, "echo_scores": "contrast"}
+    assert app_client.post("/v1/completions", json={**body, "decoding": raw}).status_code == 200
+    _prompt, params, _ = app_client.engine.requests[-1]
+    assert params.extra_args["truthsteer"]["decoding"]["echo_scores"] == "contrast"
+    assert params.extra_args["truthsteer"]["decoding"]["alpha"] == 0.0
+    for extra in ({"echo": False}, {"logprobs": None}):
+        r = app_client.post("/v1/completions", json={**body, **extra, "decoding": raw})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "decoding.echo_scores", r.text
+    r = app_client.post("/v1/chat/completions", json={"model": "tiny", "messages": [{"role": "user", "content": "x"}],
+                                                      "decoding": raw})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "decoding.echo_scores"
 
 
 def test_echo_under_decoding_is_a_400_when_the_server_disables_prompt_contrast() -> None:
