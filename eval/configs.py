@@ -7,11 +7,12 @@ from typing import Any
 
 # DoLa for generation: the paper's adaptive plausibility constraint (alpha 0.1)
 DOLA: dict[str, Any] = {"method": "dola", "premature_layers": "high"}
-# DoLa for TruthfulQA MC (echo scoring: the server contrasts the prompt logprobs per position,
-# docs/decoding.md) with the constraint off, as DoLa's own tfqa_mc_eval.py does (relative_top 0.0):
-# with alpha 0.1 every option token outside the plausible set would score -9999 and decide the
-# option's total by itself
-DOLA_MC: dict[str, Any] = {**DOLA, "alpha": 0.0}
+# DoLa for TruthfulQA MC as DoLa's own tfqa_mc_eval.py scores it: the sum over the option's tokens
+# of log p_final - log p_premature (echo scoring with echo_scores "contrast", docs/decoding.md),
+# not renormalised (post_softmax off) and without the plausibility constraint (relative_top 0.0).
+# Renormalised, alpha 0.1 gives every option token outside the plausible set -9999, and alpha 0
+# lets implausible tokens with huge contrasts take the whole mass: both rank options by artefacts.
+DOLA_MC: dict[str, Any] = {**DOLA, "alpha": 0.0, "echo_scores": "contrast"}
 TRUTH_STRENGTHS = (1.0, 2.0, 4.0)
 TRUTH_GATE: dict[str, Any] = {"probe": "truth", "below": 0.35, "window": 2, "hold": 4}
 # decoding gates read the probe at the decoded position itself (no ``initial``)
@@ -24,6 +25,13 @@ SYCOPHANCY_DECODING_GATE: dict[str, Any] = {"probe": "sycophancy", "above": 0.5}
 class Config:
     name: str
     extra: dict[str, Any] = field(default_factory=dict)
+    # request fields for the neutral-text perplexity (None: ``extra``); DoLa's MC scores are not
+    # log-probabilities, so its perplexity is measured under the generation config
+    ppl_extra: dict[str, Any] | None = None
+
+    @property
+    def ppl_fields(self) -> dict[str, Any]:
+        return self.extra if self.ppl_extra is None else self.ppl_extra
 
 
 def add_op(direction: str, strength: float, gate: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -41,8 +49,10 @@ def truthfulness() -> list[Config]:
     """TruthfulQA MC by log-likelihood: no steering, truth steering at a few strengths, DoLa, both."""
     out = [Config("none")]
     out += [Config(f"truth +{s:g}", {"steering": [truth_op(s)]}) for s in TRUTH_STRENGTHS]
-    out += [Config("DoLa", {"decoding": DOLA_MC}),
-            Config(f"truth +{TRUTH_STRENGTHS[1]:g} + DoLa", {"steering": [truth_op(TRUTH_STRENGTHS[1])], "decoding": DOLA_MC})]
+    both = [truth_op(TRUTH_STRENGTHS[1])]
+    out += [Config("DoLa", {"decoding": DOLA_MC}, {"decoding": DOLA}),
+            Config(f"truth +{TRUTH_STRENGTHS[1]:g} + DoLa", {"steering": both, "decoding": DOLA_MC},
+                   {"steering": both, "decoding": DOLA})]
     return out
 
 

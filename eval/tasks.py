@@ -70,7 +70,7 @@ async def ab_generated(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer
 
 
 async def perplexity(api: Api, texts: Sequence[str], cfg: Config) -> float:
-    scored = await api.score([""] * len(texts), list(texts), cfg.extra, desc=f"perplexity [{cfg.name}]")
+    scored = await api.score([""] * len(texts), list(texts), cfg.ppl_fields, desc=f"perplexity [{cfg.name}]")
     return scoring.perplexity([s.logprobs for s in scored])
 
 
