@@ -14,7 +14,7 @@ from steering.decoding_spec import WIRE_KEY
 from steering.spec import EXTRA_ARGS_KEY
 from tests import dola_reference
 from tests.integration.test_dola_reference import PROMPTS
-from tests.integration.test_engine import sampling, signature
+from tests.integration.test_engine import assert_same_rows, sampling, signature
 
 pytestmark = pytest.mark.engine
 NEW_TOKENS = 16
@@ -95,7 +95,7 @@ def test_mixed_batch_rows_equal_their_solo_runs(steered: Any) -> None:
     batch = steered.generate(prompts, params, steering=steerings, decoding=decodings)
     for p, dec, st, out in zip(prompts, decodings, steerings, batch, strict=True):
         (solo,) = steered.generate([p], params, steering=[st], decoding=[dec])
-        assert signature(out) == signature(solo), (dec, st)
+        assert_same_rows(out, solo, (dec, st))
     # the configs differ in effect: plain, steered, DoLa, DoLa + steering, fused
     assert len({tuple(o.outputs[0].token_ids) for o in batch[:5]}) == 5
 
@@ -122,7 +122,7 @@ def test_junk_decoding_from_raw_vllm_runs_plain(steered: Any) -> None:
     junk = sampling(extra_args={EXTRA_ARGS_KEY: {WIRE_KEY: {"method": "dola", "layers": [99]}}})
     p = "Robustness: the moon is a"
     bad_out, ok_out = steered.llm.generate([p, p], [junk, sampling()], use_tqdm=False)
-    assert signature(bad_out) == signature(ok_out)
+    assert_same_rows(bad_out, ok_out)
 
 
 def _probe_gate(llm: Any, below: float) -> Any:

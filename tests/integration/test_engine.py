@@ -29,6 +29,22 @@ def signature(out: Any) -> list[tuple[list[int], list[dict[int, float]]]]:
     ]
 
 
+def assert_same_rows(a: Any, b: Any, what: Any = None) -> None:
+    """Two runs of one request in *different* rows or batches: the same tokens, the same top
+    logprob ids, values within 1e-4. CPU GEMM kernels do not promise bitwise-equal rows across
+    batch sizes or row positions (seen: 2e-5 on plain rows, plugin inert, on one AVX-512 machine
+    and not another); a request leaking into another row would move them by far more. Runs in the
+    same rows of the same batch shape (e.g. against plain vLLM) are still compared bit for bit."""
+    sa, sb = signature(a), signature(b)
+    assert len(sa) == len(sb), what
+    for (ta, la), (tb, lb) in zip(sa, sb, strict=True):
+        assert ta == tb, what
+        assert [sorted(d) for d in la] == [sorted(d) for d in lb], what
+        for da, db in zip(la, lb, strict=True):
+            for t, v in da.items():
+                assert v == pytest.approx(db[t], abs=1e-4), (what, t)
+
+
 TRUTH_ADD = [{"direction": "truth", "op": "add", "strength": 8.0}]
 
 
@@ -161,4 +177,4 @@ def test_junk_extra_args_from_raw_vllm_never_crash_the_engine(steered: Any) -> N
     good = sampling()
     p = "Robustness: the sun is a"
     bad_out, ok_out = steered.llm.generate([p, p], [junk, good], use_tqdm=False)
-    assert signature(bad_out) == signature(ok_out)
+    assert_same_rows(bad_out, ok_out)
