@@ -37,10 +37,9 @@ def jsd(final_logp: torch.Tensor, premature_logp: torch.Tensor) -> torch.Tensor:
     ``M = (P + Q) / 2``: ``JSD = KL(P || M) / 2 + KL(Q || M) / 2``, in ``[0, ln 2]``, computed in
     probability space as the sum over tokens of ``(p log p + q log q) / 2 - m log m``
     (``torch.special.xlogy``: ``0 log 0 = 0``). Each term is >= 0 (``x log x`` is convex), so the sum
-    has no cancellation and its rounding does not grow with the entropies: a row's JSD, hence its
-    layer choice, does not depend on what else is in the batch (the sum of three separate entropies
-    would cancel ~10-nat terms down to a ~0.1-nat result, and flipped near-tied layer choices
-    between a batch and a solo run). Fewer passes over ``[L, rows, V]`` than the two KL terms
+    has no cancellation and its rounding stays relative to the JSD itself (summing three separate
+    entropies instead would cancel ~10-nat terms down to a ~0.1-nat result, with about 100x the
+    rounding error near tied layers). Fewer passes over ``[L, rows, V]`` than the two KL terms
     through ``logaddexp``: DoLa's contrast step is 1.6x faster on CPU; equal to the KL definition
     within 2e-6 (tested).
     """

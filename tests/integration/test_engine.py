@@ -32,8 +32,9 @@ def signature(out: Any) -> list[tuple[list[int], list[dict[int, float]]]]:
 def assert_same_rows(a: Any, b: Any, what: Any = None) -> None:
     """Two runs of one request in *different* rows or batches: the same tokens, the same top
     logprob ids, values within 1e-4. CPU GEMM kernels do not promise bitwise-equal rows across
-    batch sizes or row positions (seen: 2e-5 on plain rows, plugin inert, on one AVX-512 machine
-    and not another); a request leaking into another row would move them by far more. Runs in the
+    batch sizes or row positions (seen on 2026-12-02: 2e-5 on plain rows, with code whose bitwise
+    version of these checks had passed CI before); a request leaking into another row would move
+    them by far more. Runs in the
     same rows of the same batch shape (e.g. against plain vLLM) are still compared bit for bit."""
     sa, sb = signature(a), signature(b)
     assert len(sa) == len(sb), what
