@@ -358,3 +358,43 @@ def test_echo_scoring_under_dola_returns_contrasted_prompt_logprobs(client: Any)
         assert -9999.0 in vals and any(v > -9999.0 for v in vals)  # implausible tokens and scored ones
         assert vals != lp.token_logprobs[1:n]
         assert all(len(top) >= 1 for top in ld.top_logprobs[1:n])
+
+
+def test_echo_scores_contrast_are_the_unnormalised_contrast(client: Any) -> None:
+    """DoLa's MC scoring (alpha 0, echo_scores "contrast"): every prompt token gets a finite score,
+    and per position the raw scores differ from the normalised ones by one constant (the
+    log-normaliser of the contrast), over the prompt token and its top alternatives alike."""
+    kw: dict[str, Any] = {"model": "smollm2", "prompt": "Q: What is the capital of Australia?\nA: Canberra.",
+                          "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 2}
+    dec = {"method": "dola", "premature_layers": "high", "alpha": 0}
+    norm = client.completions.create(**kw, extra_body={"decoding": dec}).choices[0].logprobs
+    raw = client.completions.create(**kw, extra_body={"decoding": {**dec, "echo_scores": "contrast"}}).choices[0].logprobs
+    n = len(raw.tokens) - 1
+    assert raw.tokens[:n] == norm.tokens[:n] and raw.token_logprobs[0] is None
+    for t in range(1, n):
+        assert raw.token_logprobs[t] > -9999.0 and sorted(raw.top_logprobs[t]) == sorted(norm.top_logprobs[t])
+        shifts = [raw.token_logprobs[t] - norm.token_logprobs[t]]
+        shifts += [raw.top_logprobs[t][k] - norm.top_logprobs[t][k] for k in raw.top_logprobs[t]]
+        assert max(shifts) - min(shifts) < 1e-3, (t, shifts)
+        assert shifts[0] > 1e-3  # not a distribution: the log-normaliser of the contrast is positive
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body={"decoding": {**dec, "echo_scores": "contrast"}})
+    assert e.value.param == "decoding.echo_scores"
+
+
+def test_ignore_eos_and_min_tokens_fix_the_output_length(client: Any) -> None:
+    kw: dict[str, Any] = {"model": "smollm2", "messages": [{"role": "user", "content": "Say OK."}], "temperature": 0}
+    short = client.chat.completions.create(**kw, max_tokens=64)
+    assert short.choices[0].finish_reason == "stop" and short.usage.completion_tokens < 64
+    full = client.chat.completions.create(**kw, max_tokens=64, extra_body={"ignore_eos": True})
+    assert full.usage.completion_tokens == 64 and full.choices[0].finish_reason == "length"
+    floor = client.chat.completions.create(**kw, max_tokens=64, extra_body={"min_tokens": 40})
+    assert 40 <= floor.usage.completion_tokens <= 64
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**kw, max_tokens=4, extra_body={"min_tokens": 5})
+    assert e.value.param == "min_tokens"
