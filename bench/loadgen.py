@@ -6,10 +6,13 @@ Two load shapes, every scenario of bench/scenarios.py side by side in one run:
   poisson:     open loop, Poisson arrivals (fixed seed) with mixed prompt and output lengths, where
                continuous batching matters.
 Streams every request with ``ignore_eos`` (fixed output lengths); TTFT is the first token-carrying
-chunk, ITL the gaps between them; tokens from ``usage``. A scenario the server rejects (4xx, e.g. ``decoding`` before DoLa is wired) is
+chunk, ITL the gaps between them; tokens from ``usage``. A scenario the server rejects (4xx) is
 recorded as "unsupported (400)". Plain vLLM (its own server, same engine settings) and truthsteer
-run one after the other; the HF transformers ``generate`` baseline with a steering hook runs the
-same workloads in-process (bench/hf_baseline.py). Writes bench/results/loadgen-latest.{json,md,png}.
+are both up at once and every shape runs ``--rounds`` interleaved rounds of all scenarios
+(:func:`bench_rounds`; ``--sequential``: one server at a time, for a GPU that holds one engine);
+ratios are medians of per-round ratios. The HF transformers ``generate`` baseline with a steering
+hook runs the same workloads in-process once (bench/hf_baseline.py). Writes
+bench/results/loadgen-latest.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from typing import Any
 import httpx
 
 from bench import hf_baseline, loadreport
-from bench.loadstats import RequestTiming, poisson_arrivals, summarize
+from bench.loadstats import RequestTiming, median_run, poisson_arrivals, rotated, summarize
 from bench.scenarios import SCENARIOS, Scenario
 from bench.servers import Server, machine
 from bench.steering import RESULTS, workload
@@ -102,19 +106,67 @@ async def run_shape(base: str, model: str, shape: Shape, sc: Scenario) -> dict[s
         return summarize(timings, time.perf_counter() - t0)
 
 
-def bench_server(base: str, scenarios: list[Scenario], shapes: list[Shape], out: dict[str, Any]) -> None:
-    model = httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"]
+def _model(base: str) -> str:
+    return str(httpx.get(f"{base}/v1/models", timeout=30).json()["data"][0]["id"])
+
+
+def bench_rounds(bases: Mapping[str, str], scenarios: list[Scenario], shapes: list[Shape], rounds: int,
+                 out: dict[str, Any]) -> None:
+    """Every scenario on every shape, ``rounds`` times. Shape by shape, each round runs every
+    scenario once, in an order rotated by one scenario per round, so slow drift of the machine
+    (clock, neighbours) reaches every scenario alike and round ``r`` of a scenario can be set
+    against round ``r`` of plain vLLM (:func:`bench.loadreport.ratios`). ``bases``: server kind
+    (``Scenario.server``) -> URL; a scenario the server rejects is recorded as unsupported."""
+    models = {kind: _model(base) for kind, base in bases.items()}
+    live: list[Scenario] = []
     for sc in scenarios:
-        row: dict[str, Any] = {}
         try:  # warm-up, and find out whether the server takes this scenario at all
-            asyncio.run(run_shape(base, model, closed_shape(2, 2, 4), sc))
-            for shape in shapes:
-                row[shape.name] = asyncio.run(run_shape(base, model, shape, sc))
-                print(f"{sc.name:<32} {shape.name:<14} {row[shape.name]['tokens_per_s']:8.1f} tok/s", flush=True)
+            asyncio.run(run_shape(bases[sc.server], models[sc.server], closed_shape(2, 2, 4), sc))
+            live.append(sc)
         except Rejected as e:
-            row = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
+            out[sc.name] = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
             print(f"{sc.name:<32} unsupported ({e.status})", flush=True)
-        out[sc.name] = row
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {sc.name: {} for sc in live}
+    for shape in shapes:
+        for r in range(rounds):
+            for sc in rotated(live, r):
+                m = asyncio.run(run_shape(bases[sc.server], models[sc.server], shape, sc))
+                runs[sc.name].setdefault(shape.name, []).append(m)
+                print(f"{sc.name:<32} {shape.name:<14} round {r + 1}/{rounds} {m['tokens_per_s']:8.1f} tok/s",
+                      flush=True)
+    for sc in live:
+        out[sc.name] = {name: median_run(ms) for name, ms in runs[sc.name].items()}
+
+
+STARTERS: dict[str, Callable[[], Server]] = {"vllm": Server.plain_vllm, "truthsteer": Server.truthsteer}
+
+
+def bench_all(chosen: list[Scenario], shapes: list[Shape], rounds: int, interleave: bool,
+              running: Mapping[str, str | None], out: dict[str, Any]) -> None:
+    """Start the servers the scenarios need (unless already ``running``) and bench them:
+    interleaved with every server up at once, or one server at a time (``interleave=False``: a GPU
+    that holds one engine only)."""
+    kinds = [k for k in STARTERS if any(s.server == k for s in chosen)]
+    started: list[Server] = []
+    try:
+        bases: dict[str, str] = {}
+        for kind in kinds:
+            url = running.get(kind)
+            if url is None:
+                srv = STARTERS[kind]()
+                started.append(srv)
+                url = srv.base
+            bases[kind] = url
+            if not interleave:
+                bench_rounds({kind: url}, [s for s in chosen if s.server == kind], shapes, rounds, out)
+                for srv in started:
+                    srv.stop()
+                started.clear()
+        if interleave:
+            bench_rounds(bases, chosen, shapes, rounds, out)
+    finally:
+        for srv in started:
+            srv.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="requests per closed-loop level: max(level, this) (default 16)")
     ap.add_argument("--poisson-requests", type=int, default=None)
     ap.add_argument("--poisson-rate", type=float, default=None, help="arrivals per second")
-    ap.add_argument("--scenarios", default=None, help="comma-separated scenario names (default: all)")
+    ap.add_argument("--scenarios", default=None, help="semicolon-separated scenario names (default: all)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds per shape (default 3, --quick 1)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="one server at a time (a GPU that holds one engine); default: both up, rounds interleaved")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF transformers baseline")
     ap.add_argument("--vllm-base", default=None, help="URL of a running plain vLLM server (default: start one)")
     ap.add_argument("--truthsteer-base", default=None, help="URL of a running truthsteer server (default: start one)")
@@ -140,27 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     shapes = [closed_shape(c, max(c, floor), tokens) for c in levels]
     shapes.append(poisson_shape(args.poisson_requests or (8 if q else 128), args.poisson_rate or (2.0 if q else 8.0),
                                 (8, 16, 32) if q else (16, 32, 64, 128), seed=0))
-    chosen = [s for s in SCENARIOS if args.scenarios is None or s.name in args.scenarios.split(",")]
+    chosen = [s for s in SCENARIOS if args.scenarios is None or s.name in args.scenarios.split(";")]
+    rounds = args.rounds or (1 if q else 3)
     results: dict[str, Any] = {}
     t0 = time.time()
-    running = {"vllm": args.vllm_base, "truthsteer": args.truthsteer_base}
-    for kind, start in (("vllm", Server.plain_vllm), ("truthsteer", Server.truthsteer)):
-        group = [s for s in chosen if s.server == kind]
-        if not group:
-            continue
-        url = running[kind]
-        if url:  # one engine at a time: never start a second one beside a running server
-            bench_server(url, group, shapes, results)
-            continue
-        server = start()
-        try:
-            bench_server(server.base, group, shapes, results)
-        finally:
-            server.stop()
+    bench_all(chosen, shapes, rounds, not args.sequential,
+              {"vllm": args.vllm_base, "truthsteer": args.truthsteer_base}, results)
     if not args.no_hf:
         results["HF generate + steering hook"] = hf_baseline.run(shapes)
     res = {"benchmark": "loadgen", "machine": machine(), "quick": q, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "wall_s": time.time() - t0,
+           "wall_s": time.time() - t0, "rounds": rounds, "interleaved": not args.sequential,
            "shapes": {s.name: {"requests": len(s.requests), "concurrency": s.concurrency,
                                "max_tokens": sorted({r.max_tokens for r in s.requests})} for s in shapes},
            "scenarios": results, "ratios_to_plain_vllm": loadreport.ratios(results)}

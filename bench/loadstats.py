@@ -5,8 +5,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,25 @@ def summarize(timings: Sequence[RequestTiming], wall: float) -> dict[str, float]
         "itl_p50_ms": 1000 * percentile(itl, 50),
         "itl_p99_ms": 1000 * percentile(itl, 99),
     }
+
+
+def median_run(runs: Sequence[dict[str, float]]) -> dict[str, float | list[float]]:
+    """The run with the median tokens/s (the lower middle one for an even count), so its latency
+    figures belong to one real run, plus every run's tokens/s in run order (``rounds_tokens_per_s``)."""
+    if not runs:
+        raise ValueError("no runs")
+    order = sorted(range(len(runs)), key=lambda i: runs[i]["tokens_per_s"])
+    out: dict[str, float | list[float]] = dict(runs[order[(len(runs) - 1) // 2]])
+    out["rounds_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    return out
+
+
+def rotated(items: Sequence[T], r: int) -> list[T]:
+    """``items`` starting at index ``r`` (mod its length): round ``r``'s order of an interleaved run."""
+    if not items:
+        return []
+    k = r % len(items)
+    return [*items[k:], *items[:k]]
 
 
 def poisson_arrivals(n: int, rate: float, seed: int) -> list[float]:

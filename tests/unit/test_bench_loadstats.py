@@ -1,5 +1,6 @@
 import itertools
 import math
+from typing import Any
 
 import pytest
 
@@ -52,3 +53,61 @@ def test_poisson_shape_is_seeded_and_mixed() -> None:
     assert a == b
     assert a.concurrency is None
     assert {r.max_tokens for r in a.requests} == {8, 16, 32}
+
+
+def test_median_run_keeps_one_real_run_and_every_rounds_figure() -> None:
+    from bench.loadstats import median_run
+
+    runs = [{"tokens_per_s": 30.0, "ttft_p50_ms": 1.0}, {"tokens_per_s": 10.0, "ttft_p50_ms": 2.0},
+            {"tokens_per_s": 20.0, "ttft_p50_ms": 3.0}]
+    assert median_run(runs) == {"tokens_per_s": 20.0, "ttft_p50_ms": 3.0, "rounds_tokens_per_s": [30.0, 10.0, 20.0]}
+    # even count: the lower middle run
+    assert median_run(runs[:2])["ttft_p50_ms"] == 2.0
+    with pytest.raises(ValueError):
+        median_run([])
+
+
+def test_rotated_gives_each_round_its_own_start() -> None:
+    from bench.loadstats import rotated
+
+    assert [rotated("abc", r) for r in range(4)] == [list("abc"), list("bca"), list("cab"), list("abc")]
+    assert rotated([], 3) == []
+
+
+def test_ratios_pair_rounds_when_both_rows_ran_them() -> None:
+    from bench.loadreport import ratio_ranges, ratios
+
+    res = {"plain vLLM": {"c=1": {"tokens_per_s": 20.0, "rounds_tokens_per_s": [10.0, 20.0, 40.0]}},
+           # drift: every round 0.9 of plain vLLM's same round; the medians alone would say 1.0
+           "probes on (2)": {"c=1": {"tokens_per_s": 18.0, "rounds_tokens_per_s": [9.0, 18.0, 36.0]}},
+           "HF": {"c=1": {"tokens_per_s": 5.0}}}
+    r = ratios(res)
+    assert r["probes on (2)"] == {"c=1": 0.9}
+    assert r["HF"] == {"c=1": 0.25}  # ran once: ratio of the figures
+    assert ratio_ranges(res) == {"probes on (2)": {"c=1": (0.9, 0.9)}}
+
+
+def test_bench_rounds_interleaves_scenarios_round_by_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import loadgen
+    from bench.scenarios import Scenario
+
+    calls: list[tuple[str, str]] = []
+
+    async def fake_run(base: str, model: str, shape: loadgen.Shape, sc: Scenario) -> dict[str, float]:
+        if sc.name == "rejected":
+            raise loadgen.Rejected(400, "no")
+        calls.append((sc.name, shape.name))
+        return {"tokens_per_s": float(len(calls))}
+
+    monkeypatch.setattr(loadgen, "run_shape", fake_run)
+    monkeypatch.setattr(loadgen, "_model", lambda base: "m")
+    scs = [Scenario(n, "vllm" if n == "a" else "truthsteer", lambda _i: {}) for n in ("a", "b", "rejected")]
+    shapes = [loadgen.closed_shape(1, 1, 4), loadgen.closed_shape(8, 8, 4)]
+    out: dict[str, Any] = {}
+    loadgen.bench_rounds({"vllm": "u1", "truthsteer": "u2"}, scs, shapes, 2, out)
+    assert out["rejected"]["unsupported"] == "unsupported (400)"
+    # warm-ups first, then per shape: round 1 a b, round 2 b a
+    assert [c[0] for c in calls] == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert [c[1] for c in calls[2:]] == ["c=1"] * 4 + ["c=8"] * 4
+    assert out["a"]["c=1"]["rounds_tokens_per_s"] == [3.0, 6.0]
+    assert out["b"]["c=8"]["rounds_tokens_per_s"] == [8.0, 9.0]
