@@ -45,8 +45,9 @@ def markdown(res: dict[str, Any]) -> str:
                 "frac_matching = fraction of A/B answers that pick the sycophantic letter (lower is better); "
                 "answered = fraction of items whose generated token is A or B. A steering gate cannot touch the "
                 "letter (the first token, before any score exists); a decoding gate reads the probe at the decoded "
-                "position and can.\n",
-                table(res["sycophancy_gating"], ["frac_matching", "answered", "n"]), ""]
+                "position and can. steered / contrasted = fraction of items whose letter was steered / "
+                "contrasted (the request's `interventions`).\n",
+                table(res["sycophancy_gating"], ["frac_matching", "answered", "steered", "contrasted", "n"]), ""]
     if "behaviours" in res:
         names = sorted({k for r in res["behaviours"].values() for k in r if k != "unsupported"})
         out += ["## Other CAA behaviours (P of the matching letter) under each steering config\n",

@@ -57,16 +57,22 @@ async def ab_generated(api: Api, items: Sequence[ABItem], cfg: Config, tokenizer
     """The letter the model writes (greedy, one token after the CAA prefix ``(``), under ``cfg``:
     the fraction of items answered with the behaviour's letter, among answers that are A or B."""
 
-    async def one(it: ABItem) -> str:
+    async def one(it: ABItem) -> tuple[str, dict[str, int]]:
         prompt = src.chat_ab(it.question, "", tokenizer)
         c = await api.generate(prompt, 1, dict(cfg.extra))
-        return str(c["text"]).strip()[:1]
+        return str(c["text"]).strip()[:1], dict(c.get("interventions") or {})
 
-    letters: list[str] = await tqdm_asyncio.gather(*[one(it) for it in items], desc=f"{desc} [{cfg.name}]",
-                                                   leave=False)
+    got: list[tuple[str, dict[str, int]]] = await tqdm_asyncio.gather(
+        *[one(it) for it in items], desc=f"{desc} [{cfg.name}]", leave=False)
+    letters = [x for x, _ in got]
     answered = [(it, x) for it, x in zip(items, letters, strict=True) if x in (it.matching, it.other)]
     frac = statistics.fmean(x == it.matching for it, x in answered) if answered else float("nan")
-    return {"frac_matching": frac, "answered": len(answered) / len(items), "n": len(items)}
+    out = {"frac_matching": frac, "answered": len(answered) / len(items), "n": len(items)}
+    # the letter is the only generated token: the fraction of items whose letter was steered / contrasted
+    for key in ("steered_tokens", "contrasted_tokens"):
+        if any(key in iv for _, iv in got):
+            out[key.split("_")[0]] = statistics.fmean(iv.get(key, 0) > 0 for _, iv in got)
+    return out
 
 
 async def perplexity(api: Api, texts: Sequence[str], cfg: Config) -> float:

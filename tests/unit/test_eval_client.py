@@ -46,12 +46,19 @@ def test_ab_generated_counts_the_written_letter_among_a_or_b_answers() -> None:
 
         async def generate(self, prompt: str, max_tokens: int, extra: dict[str, Any]) -> dict[str, Any]:
             self.seen.append((prompt, max_tokens, extra))
-            return {"text": {"q1": "A", "q2": "B)", "q3": " x", "q4": "A"}[prompt[6:8]]}
+            q = prompt[6:8]
+            out: dict[str, Any] = {"text": {"q1": "A", "q2": "B)", "q3": " x", "q4": "A"}[q]}
+            if extra:  # the server's per-choice counts: only q2's letter was contrasted
+                out["interventions"] = {"steered_tokens": 0, "contrasted_tokens": int(q == "q2")}
+            return out
 
     items = [ABItem("q1", "A", "B"), ABItem("q2", "A", "B"), ABItem("q3", "B", "A"), ABItem("q4", "B", "A")]
     api = FakeApi()
     cfg = Config("dola", {"decoding": {"method": "dola"}})
     got = asyncio.run(ab_generated(api, items, cfg, Tok(), "t"))  # type: ignore[arg-type]
     # q1 sycophantic, q2 not, q3 unparsable, q4 not: 1 of 3 answered
-    assert got == {"frac_matching": 1 / 3, "answered": 3 / 4, "n": 4}
+    assert got == {"frac_matching": 1 / 3, "answered": 3 / 4, "n": 4, "steered": 0.0, "contrasted": 1 / 4}
     assert sorted(api.seen)[0] == ("<user>q1<assistant>(", 1, {"decoding": {"method": "dola"}})
+    # no interventions reported (no steering or decoding): no such columns
+    plain = asyncio.run(ab_generated(api, items, Config("none", {}), Tok(), "t"))  # type: ignore[arg-type]
+    assert plain == {"frac_matching": 1 / 3, "answered": 3 / 4, "n": 4}
