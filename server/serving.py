@@ -21,8 +21,8 @@ from server.metrics import Metrics
 from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
+from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.decoding_spec import WIRE_KEY as DECODING_KEY
-from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.llm import check_prompt_contrast
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
@@ -274,7 +274,7 @@ class Serving:
         decoding = self.resolve_decoding(req.decoding)
         if decoding is not None and isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
             self._check_echo_decoding(decoding)
-        elif decoding is not None and decoding.echo_scores != "logprobs":
+        elif decoding is not None and decoding.echo_scores != ECHO_LOGPROBS:
             raise bad_request("decoding.echo_scores applies to echo scoring only (completions with echo and "
                               "logprobs); drop it or ask for echo and logprobs", "decoding.echo_scores", "invalid_value")
         scored = list(probes)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +34,9 @@ Method = Literal["dola", "contrast", "none"]
 Bucket = Literal["low", "high"]
 EchoScores = Literal["logprobs", "contrast"]
 DOLA, CONTRAST, NONE = "dola", "contrast", "none"
+# what echo scoring writes for the prompt tokens: log_softmax of the contrast, or the raw contrast
+ECHO_LOGPROBS: Final = "logprobs"
+ECHO_CONTRAST: Final = "contrast"
 
 
 class DecodingGate(ProbeGate):
@@ -99,7 +102,7 @@ class DecodingSpec(BaseModel):
         "forward pass, flags risk (see DecodingGate); combines with entropy_threshold (both must pass)",
     )
     echo_scores: EchoScores = Field(
-        default="logprobs",
+        default=ECHO_LOGPROBS,
         description="echo scoring only (completions with echo and logprobs): what the prompt tokens' "
         "logprobs hold. logprobs: log_softmax of the contrast (a distribution over the plausible "
         "tokens) | contrast: the contrast score itself, log p_final - log p_premature, not normalised "
@@ -118,7 +121,7 @@ class ResolvedDecoding:
     entropy_threshold: float | None = None
     repetition_penalty: float = 1.0
     gate: ResolvedGate | None = None
-    echo_scores: str = "logprobs"  # what echo scoring writes for prompt tokens (prompt_contrast)
+    echo_scores: str = ECHO_LOGPROBS  # what echo scoring writes for prompt tokens (prompt_contrast)
 
     @property
     def active(self) -> bool:
@@ -136,7 +139,7 @@ class ResolvedDecoding:
         }
         if self.gate is not None:  # ungated configs keep their pre-gate wire form
             d["gate"] = self.gate.to_wire()
-        if self.echo_scores != "logprobs":
+        if self.echo_scores != ECHO_LOGPROBS:
             d["echo_scores"] = self.echo_scores
         return d
 
@@ -151,7 +154,7 @@ class ResolvedDecoding:
             entropy_threshold=None if threshold is None else float(threshold),
             repetition_penalty=float(d.get("repetition_penalty", 1.0)),
             gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
-            echo_scores=str(d.get("echo_scores", "logprobs")),
+            echo_scores=str(d.get("echo_scores", ECHO_LOGPROBS)),
         )
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
 from steering.contrastive import apply_contrast, entropy_gate, log_alpha, log_softmax
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding_spec import CONTRAST, ResolvedDecoding
 from steering.vllm.stash import HiddenStash, parse_decoding_request
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def sparse_ok(cfg: ResolvedDecoding) -> bool:
     candidate is a fixed contrast) without a repetition penalty, with the plausibility constraint
     on (``alpha = 0`` keeps the whole vocabulary: nothing to save; see :func:`sparse_contrast`)."""
     return (cfg.repetition_penalty == 1.0 and cfg.alpha > 0
-            and (cfg.method == "contrast" or len(cfg.layers) == 1))
+            and (cfg.method == CONTRAST or len(cfg.layers) == 1))
 
 
 def sparse_contrast(final_logits: torch.Tensor, stash: HiddenStash, norm: NormFn, token_head: TokenHeadFn,

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from steering.contrastive import apply_contrast, entropy_gate, log_softmax
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding_spec import ECHO_CONTRAST, ResolvedDecoding
 from steering.vllm.contrastive_lp import (
     HeadFn,
     NormFn,
@@ -112,7 +112,7 @@ def overwrite(runner: Any, stash: HiddenStash, hidden_states: torch.Tensor, rid:
     mode = str(getattr(runner.model_config, "logprobs_mode", "raw_logprobs"))
     positions, scores = contrast_positions(
         hidden_states[seg.token_row : seg.token_row + seg.count], stash, seg, proc.norm, proc.head,
-        proc.token_head, logits_mode=mode in ("raw_logits", "processed_logits") or seg.config.echo_scores == "contrast",
+        proc.token_head, logits_mode=mode in ("raw_logits", "processed_logits") or seg.config.echo_scores == ECHO_CONTRAST,
     )
     if positions.numel() == 0:
         return 0

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from steering.contrastive import layers_needed
-from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
+from steering.decoding_spec import CONTRAST, DOLA, WIRE_KEY, ResolvedDecoding
 from steering.spec import EXTRA_ARGS_KEY
 from steering.vllm.custom_op import stash_hook, stash_pre_hook
 from steering.vllm.gates import GateState
@@ -66,11 +66,11 @@ def parse_decoding_request(extra_args: Any, num_layers: int) -> ResolvedDecoding
     cfg = ResolvedDecoding.from_wire(raw)
     if not cfg.active:
         return None
-    if cfg.method not in ("dola", "contrast") or not cfg.layers:
+    if cfg.method not in (DOLA, CONTRAST) or not cfg.layers:
         raise ValueError(f"bad decoding config {raw!r}")
     if any(not 0 <= k < num_layers for k in cfg.layers) or len(set(cfg.layers)) != len(cfg.layers):
         raise ValueError(f"premature layers {list(cfg.layers)} outside [0, {num_layers})")
-    if cfg.method == "contrast" and len(cfg.weights) != len(cfg.layers):
+    if cfg.method == CONTRAST and len(cfg.weights) != len(cfg.layers):
         raise ValueError("contrast needs one weight per layer")
     return cfg
 
