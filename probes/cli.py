@@ -47,6 +47,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     t.add_argument("--kind", default="custom", help="bundle kind for --dataset (truth, sycophancy, custom)")
     t.add_argument("--strength", type=float, default=1.0, help="recommended strength")
     t.add_argument("--test-frac", type=float, default=0.2)
+    t.add_argument("--probe-c", type=float, default=None,
+                   help="inverse L2 strength of the logistic probe (default: the preset's, else 0.1)")
+    t.add_argument("--select-frac", type=float, default=None,
+                   help="choose the probe layer on this fraction of the training groups instead of on the "
+                   "held-out data (default: the preset's, else off)")
     t.add_argument("--max-per-dataset", type=int, default=None,
                    help="seeded subsample of each training file, whole groups (with --preset: instead of "
                    "the preset's own, e.g. to fit a larger model's CPU budget)")
@@ -166,6 +171,7 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
 
 def _train(args: argparse.Namespace) -> int:
     ctx = _Ctx(args.model, args.batch_size)
+    preset: Preset | None = None
     if args.preset:
         preset = PRESETS[args.preset]
         parts, train_set, test_set = preset_sets(preset, ctx.tok, args.seed, args.test_frac, args.max_per_dataset)
@@ -189,6 +195,8 @@ def _train(args: argparse.Namespace) -> int:
         name=args.name or name, kind=kind, model=ctx.info, train=xtr, ytr=ytr, test=xte, yte=yte,
         datasets=refs, seed=args.seed, recommended_strength=strength, description=desc,
         method=args.method or "mean-diff", groups=[e.group for e in train_set.examples],
+        probe_c=args.probe_c if args.probe_c is not None else (preset.probe_c if preset else 0.1),
+        select_frac=args.select_frac if args.select_frac is not None else (preset.select_frac if preset else None),
     )
     save_bundle(bundle, args.out)
     m = bundle.meta.metrics

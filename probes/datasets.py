@@ -146,10 +146,11 @@ def concat(name: str, parts: Iterable[Dataset]) -> Dataset:
     return Dataset(name, ex, ";".join(d.path for d in parts), "; ".join(sorted({d.license for d in parts})))
 
 
-def in_test(group: str, test_frac: float, seed: int) -> bool:
+def in_test(group: str, test_frac: float, seed: int, salt: str = "") -> bool:
     """Whether ``group`` falls on the test side: a seeded hash of the group, so no group is on
-    both sides and the split does not depend on the other items."""
-    h = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    both sides and the split does not depend on the other items. A ``salt`` gives a split
+    independent of the unsalted one (a validation split inside a training split)."""
+    h = int(hashlib.sha256(f"{salt}{seed}:{group}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     return h < test_frac
 
 
@@ -162,12 +163,12 @@ def group_split(examples: Iterable[Example], test_frac: float, seed: int) -> tup
     return train, test
 
 
-def split_indices(groups: Iterable[str], test_frac: float, seed: int) -> tuple[list[int], list[int]]:
+def split_indices(groups: Iterable[str], test_frac: float, seed: int, salt: str = "") -> tuple[list[int], list[int]]:
     """:func:`group_split` on positions: (train indices, test indices)."""
     train: list[int] = []
     test: list[int] = []
     for i, g in enumerate(groups):
-        (test if in_test(g, test_frac, seed) else train).append(i)
+        (test if in_test(g, test_frac, seed, salt) else train).append(i)
     return train, test
 
 

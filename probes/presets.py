@@ -14,6 +14,8 @@ class Preset:
     description: str
     recommended_strength: float
     max_per_dataset: int | None = None  # seeded subsample of each training file
+    probe_c: float = 0.1  # the logistic probe's inverse L2 strength
+    select_frac: float | None = None  # choose the probe layer on this validation split, not on ``test``
 
 
 PRESETS = {
@@ -35,6 +37,10 @@ PRESETS = {
         description="Sycophancy direction (CAA): answer matching minus not matching the user's "
         "stated view, at the answer letter.",
         recommended_strength=1.0,
-        max_per_dataset=300,
+        # all 1,000 CAA items: held-out AUROC rose from 0.59 (75 items) to 0.82 (1,000) with no
+        # plateau in sight, and C = 1 beat 0.1 / 0.01 from 300 items on (docs/probes.md)
+        max_per_dataset=None,
+        probe_c=1.0,
+        select_frac=0.25,
     ),
 }

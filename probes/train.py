@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from probes.datasets import split_indices
 from probes.methods import (
     Method,
     accuracy,
@@ -58,16 +59,17 @@ def fit_layers(
     seed: int = 0,
     method: Method = "mean-diff",
     groups: Sequence[str] | None = None,
+    probe_c: float = 0.1,
 ) -> list[LayerFit]:
     """Per layer: the method's steering direction (with projection statistics) and a logistic
-    probe (for scoring), both evaluated on the held-out split."""
+    probe (for scoring, L2 strength ``1 / probe_c``), both evaluated on the held-out split."""
     groups = list(groups) if groups is not None else [str(i) for i in range(len(ytr))]
     fits: list[LayerFit] = []
     y_np = yte.numpy()
     mean_diffs = mean_difference(train, ytr)  # all layers at once, as the shipped bundles were made
     for k in range(train.shape[1]):
         xk = train[:, k]
-        w, bias = logistic_probe(xk.numpy(), ytr.numpy(), seed)
+        w, bias = logistic_probe(xk.numpy(), ytr.numpy(), seed, probe_c)
         if method == "mean-diff":  # already at its natural scale
             v = mean_diffs[k]
         else:
@@ -89,6 +91,27 @@ def fit_layers(
         dir_auroc = auroc((test[:, k] @ u).numpy(), y_np)
         fits.append(LayerFit(v, stats, torch.from_numpy(w).float(), bias, dir_auroc))
     return fits
+
+
+VALIDATION_SALT = "validation:"
+
+
+def validation_aurocs(x: torch.Tensor, y: torch.Tensor, groups: Sequence[str], val_frac: float, seed: int,
+                      probe_c: float = 0.1) -> tuple[list[float | None], int]:
+    """Per layer, the AUROC of a logistic probe fitted on the training groups outside a seeded
+    validation split (``val_frac`` of the groups, salted apart from the train/test split) and
+    scored on it; and the validation size. Choosing the probe layer on these keeps the test set
+    out of every decision the bundle makes."""
+    fit, val = split_indices(groups, val_frac, seed, VALIDATION_SALT)
+    if not val or len(set(y[val].tolist())) < 2 or len(set(y[fit].tolist())) < 2:
+        raise ValueError(f"the validation split ({val_frac:g} of {len(set(groups))} groups) needs both classes on "
+                         "both sides: more groups or another fraction")
+    ifit, ival = torch.tensor(fit), torch.tensor(val)
+    out: list[float | None] = []
+    for k in range(x.shape[1]):
+        w, b = logistic_probe(x[ifit, k].numpy(), y[ifit].numpy(), seed, probe_c)
+        out.append(auroc(x[ival, k].numpy() @ w + b, y[ival].numpy()))
+    return out, len(val)
 
 
 def platt(scores: np.ndarray, labels: np.ndarray, seed: int) -> Calibration:
@@ -128,9 +151,22 @@ def build_bundle(
     method: Method = "mean-diff",
     groups: Sequence[str] | None = None,
     created_at: str | None = None,
+    probe_c: float = 0.1,
+    select_frac: float | None = None,
 ) -> DirectionBundle:
-    fits = fit_layers(train, ytr, test, yte, seed, method, groups)
-    best, recommended = recommend_layers([f.stats.auroc for f in fits], n_recommended, min_layer_frac)
+    """``select_frac``: choose the probe layer on a validation split of the training groups
+    (:func:`validation_aurocs`) instead of on the test data, whose numbers are then unbiased by
+    the choice; ``probe_c``: the logistic probe's inverse L2 strength."""
+    fits = fit_layers(train, ytr, test, yte, seed, method, groups, probe_c)
+    selection: dict[str, float] = {}
+    if select_frac:
+        val, n_val = validation_aurocs(train, ytr, groups or [str(i) for i in range(len(ytr))], select_frac, seed,
+                                       probe_c)
+        best, recommended = recommend_layers(val, n_recommended, min_layer_frac)
+        selection = {"select_frac": select_frac, "n_validation": float(n_val),
+                     **({"validation_auroc": v} if (v := val[best]) is not None else {})}
+    else:
+        best, recommended = recommend_layers([f.stats.auroc for f in fits], n_recommended, min_layer_frac)
     st = fits[best].stats
     w, bias = fits[best].probe_w, fits[best].probe_b
     calib = platt((train[:, best] @ w + bias).numpy(), ytr.numpy(), seed)
@@ -145,13 +181,19 @@ def build_bundle(
         recommended_strength=recommended_strength,
         layer_stats={str(k): f.stats for k, f in enumerate(fits)},
         probe=ProbeMeta(layer=best, bias=bias, calibration=calib, method="logistic"),
-        training=Training(method=method, datasets=list(datasets), position="last", seed=seed),
+        training=Training(
+            method=method, datasets=list(datasets), position="last", seed=seed,
+            notes=f"probe: logistic, C={probe_c:g}, layer chosen on "
+            + (f"a {select_frac:g} validation split of the training groups" if select_frac else "the held-out data"),
+        ),
         metrics={
             **({"heldout_auroc": st.auroc} if st.auroc is not None else {}),
             "heldout_accuracy": float(st.accuracy or 0.0),
             "probe_layer": float(best),
             "n_train": float(len(ytr)),
             "n_test": float(len(yte)),
+            "probe_c": probe_c,
+            **selection,
             **dir_metrics,
         },
         created_at=created_at or dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -151,3 +151,40 @@ def test_compare_report_transfer_and_geometry(tmp_path: Path) -> None:
     text = path.read_text()
     assert "geometry at layer 2" in text and "| a | 1.000 |" not in text.split("Transfer")[0]
     assert all((tmp_path / "r" / f).stat().st_size > 1000 for f in ("auroc_by_layer.png", "similarity.png", "transfer.png"))
+
+
+def test_validation_selection_keeps_the_test_set_out_of_the_layer_choice() -> None:
+    from probes.datasets import split_indices
+    from probes.train import validation_aurocs
+
+    x, y, groups = _layered(0)  # signal planted at layer 2 in every example
+    xte, yte = x[200:].clone(), y[200:]
+    xte[:, 2, 3] += 8.0 * (0.5 - yte.float())  # the test data alone say "anything but layer 2" (reversed there)
+    common = dict(name="t", kind="truth", model=INFO, train=x[:200], ytr=y[:200], test=xte, yte=yte,
+                  datasets=[DatasetRef(name="synthetic", license="CC0")], seed=0, recommended_strength=1.0,
+                  min_layer_frac=0.0, groups=groups[:200], created_at="2025-01-01T00:00:00Z")
+    on_test = build_bundle(**common)  # type: ignore[arg-type]
+    on_val = build_bundle(**common, select_frac=0.25, probe_c=1.0)  # type: ignore[arg-type]
+    assert on_test.meta.probe is not None and on_test.meta.probe.layer != 2
+    assert on_val.meta.probe is not None and on_val.meta.probe.layer == 2
+    val, n_val = validation_aurocs(x[:200], y[:200], groups[:200], 0.25, 0, 1.0)
+    assert on_val.meta.metrics["validation_auroc"] == val[2] and val[2] is not None and val[2] > 0.95
+    assert on_val.meta.metrics["n_validation"] == n_val
+    assert (on_val.meta.metrics["probe_c"], on_test.meta.metrics["probe_c"]) == (1.0, 0.1)
+    assert "C=1" in on_val.meta.training.notes and "validation" in on_val.meta.training.notes
+    # the validation split is salted apart from the train/test split of the same seed, whole groups
+    fit, held = split_indices(groups[:200], 0.25, 0, "validation:")
+    assert 0 < len(held) < 200 and {groups[i] for i in fit}.isdisjoint({groups[i] for i in held})
+    assert split_indices(groups[:200], 0.25, 0) != (fit, held)
+    with pytest.raises(ValueError, match="validation split"):
+        validation_aurocs(x[:4], y[:4], groups[:4], 0.01, 0)
+
+
+def test_probe_c_reaches_the_probe() -> None:
+    x, y, groups = _layered(1)
+    kw = dict(name="t", kind="truth", model=INFO, train=x[:200], ytr=y[:200], test=x[200:], yte=y[200:],
+              datasets=[DatasetRef(name="synthetic", license="CC0")], seed=0, recommended_strength=1.0,
+              min_layer_frac=0.0, groups=groups[:200], created_at="2025-01-01T00:00:00Z")
+    weak, strong = build_bundle(**kw, probe_c=0.01), build_bundle(**kw, probe_c=10.0)  # type: ignore[arg-type]
+    assert weak.probe_weight is not None and strong.probe_weight is not None
+    assert float(weak.probe_weight.norm()) < float(strong.probe_weight.norm())  # less L2 shrinkage
