@@ -56,11 +56,13 @@ probes-report: model
 	nice -n 10 $(BIN)/truthsteer probes eval --bundle directions/truth.safetensors --out $(REPORTS)/truth_eval \
 	  --dataset heldout:truth:cities,heldout:truth:word_types,heldout:truth,mmlu_true_false@200,truthfulqa@400,cities_synthetic@400
 	nice -n 10 $(BIN)/truthsteer probes eval --bundle directions/sycophancy.safetensors --out $(REPORTS)/sycophancy_eval \
-	  --dataset caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
+	  --dataset caa_sycophancy_test,anthropic_nlp@400,anthropic_political@400
+	nice -n 10 $(BIN)/truthsteer probes curve --dataset caa_sycophancy --test-dataset caa_sycophancy_test \
+	  --sizes 75,150,300,500,1000 --probe-c 0.1,1 --out $(REPORTS)/sycophancy_curve --title "Sycophancy probe: CAA test AUROC vs CAA training items"
 	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/truth_geometry_logistic --title "Truth directions (logistic)" \
 	  --max-items 0 --datasets preset:truth:cities,preset:truth:word_types,mmlu_true_false@200,truthfulqa@400
 	nice -n 10 $(BIN)/truthsteer probes compare --out $(REPORTS)/sycophancy_geometry_logistic --title "Sycophancy directions (logistic)" \
-	  --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@80,anthropic_political@80
+	  --max-items 0 --datasets preset:sycophancy:caa_sycophancy,caa_sycophancy_test,anthropic_nlp@400,anthropic_political@400
 
 lint: install
 	$(BIN)/ruff check steering server probes tests bench eval

@@ -80,6 +80,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.set_defaults(func=_compare)
 
 
+    lc = psub.add_parser("curve", help="learning curve: test AUROC of a probe vs number of training groups")
+    _common(lc)
+    lc.add_argument("--dataset", required=True, help="training data spec")
+    lc.add_argument("--test-dataset", required=True, help="test data spec")
+    lc.add_argument("--sizes", required=True, help="comma-separated numbers of training groups, e.g. 75,150,300")
+    lc.add_argument("--probe-c", default="0.1,1", help="comma-separated inverse L2 strengths (default 0.1,1)")
+    lc.add_argument("--select-frac", type=float, default=0.25, help="validation split for the layer choice")
+    lc.add_argument("--title", default="Probe learning curve")
+    lc.add_argument("--out", type=Path, required=True, help="output folder (curve.md / .json / .png)")
+    lc.set_defaults(func=_curve)
+
+
 def _preset_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-per-dataset", type=int, default=None,
                    help="the preset subsample the bundle was trained with (`train --preset P "
@@ -249,4 +261,24 @@ def _compare(args: argparse.Namespace) -> int:
     )
     path = write(rep, args.out, args.title, notes)
     print(path)
+    return 0
+
+
+def _curve(args: argparse.Namespace) -> int:
+    from probes.curve import learning_curve
+    from probes.curve import write as write_curve
+
+    ctx = _Ctx(args.model, args.batch_size)
+    train_set, test_set = (load_spec(s, ctx, args.seed, 0) for s in (args.dataset, args.test_dataset))
+    ds.check_trainable(train_set)
+    x, y = ctx.acts(train_set)
+    xte, yte = ctx.acts(test_set)
+    sizes = [int(v) for v in args.sizes.split(",")]
+    cs = [float(v) for v in args.probe_c.split(",")]
+    points = learning_curve(x, y, [e.group for e in train_set.examples], xte, yte,
+                            [e.group for e in test_set.examples], sizes, cs, args.seed, args.select_frac)
+    notes = (f"Model `{ctx.info.name}`; training data `{args.dataset}` ({len(train_set.examples)} examples), test "
+             f"`{args.test_dataset}` ({len(test_set.examples)}); seed {args.seed}; probe layer chosen on a "
+             f"{args.select_frac:g} validation split of each size's groups, refitted on all of them.")
+    print(write_curve(points, args.out, args.title, notes))
     return 0
