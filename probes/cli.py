@@ -23,7 +23,7 @@ from probes import datasets as ds
 from probes import sources
 from probes.evaluate import evaluate, markdown_table
 from probes.extract import activation_path, cached_activations, load_hf
-from probes.methods import METHODS
+from probes.methods import METHODS, PROBE_C
 from probes.presets import PRESETS, Preset
 from probes.report import Split, compare, write
 from probes.train import build_bundle
@@ -48,7 +48,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     t.add_argument("--strength", type=float, default=1.0, help="recommended strength")
     t.add_argument("--test-frac", type=float, default=0.2)
     t.add_argument("--probe-c", type=float, default=None,
-                   help="inverse L2 strength of the logistic probe (default: the preset's, else 0.1)")
+                   help=f"inverse L2 strength of the logistic probe (default: the preset's, else {PROBE_C:g})")
     t.add_argument("--select-frac", type=float, default=None,
                    help="choose the probe layer on this fraction of the training groups instead of on the "
                    "held-out data (default: the preset's, else off)")
@@ -84,12 +84,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     _common(lc)
     lc.add_argument("--dataset", required=True, help="training data spec")
     lc.add_argument("--test-dataset", required=True, help="test data spec")
-    lc.add_argument("--sizes", required=True, help="comma-separated numbers of training groups, e.g. 75,150,300")
-    lc.add_argument("--probe-c", default="0.1,1", help="comma-separated inverse L2 strengths (default 0.1,1)")
+    lc.add_argument("--sizes", required=True, type=_csv(int),
+                    help="comma-separated numbers of training groups, e.g. 75,150,300")
+    lc.add_argument("--probe-c", default=[PROBE_C, 1.0], type=_csv(float),
+                    help=f"comma-separated inverse L2 strengths (default {PROBE_C:g},1)")
     lc.add_argument("--select-frac", type=float, default=0.25, help="validation split for the layer choice")
     lc.add_argument("--title", default="Probe learning curve")
     lc.add_argument("--out", type=Path, required=True, help="output folder (curve.md / .json / .png)")
     lc.set_defaults(func=_curve)
+
+
+def _csv(kind: type[float] | type[int]) -> Any:
+    """argparse type: comma-separated numbers (a bad item is argparse's usage error naming it)."""
+
+    def parse(text: str) -> list[float] | list[int]:
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+
+    return parse
 
 
 def _preset_size(p: argparse.ArgumentParser) -> None:
@@ -207,7 +221,7 @@ def _train(args: argparse.Namespace) -> int:
         name=args.name or name, kind=kind, model=ctx.info, train=xtr, ytr=ytr, test=xte, yte=yte,
         datasets=refs, seed=args.seed, recommended_strength=strength, description=desc,
         method=args.method or "mean-diff", groups=[e.group for e in train_set.examples],
-        probe_c=args.probe_c if args.probe_c is not None else (preset.probe_c if preset else 0.1),
+        probe_c=args.probe_c if args.probe_c is not None else (preset.probe_c if preset else PROBE_C),
         select_frac=args.select_frac if args.select_frac is not None else (preset.select_frac if preset else None),
     )
     save_bundle(bundle, args.out)
@@ -273,10 +287,8 @@ def _curve(args: argparse.Namespace) -> int:
     ds.check_trainable(train_set)
     x, y = ctx.acts(train_set)
     xte, yte = ctx.acts(test_set)
-    sizes = [int(v) for v in args.sizes.split(",")]
-    cs = [float(v) for v in args.probe_c.split(",")]
     points = learning_curve(x, y, [e.group for e in train_set.examples], xte, yte,
-                            [e.group for e in test_set.examples], sizes, cs, args.seed, args.select_frac)
+                            [e.group for e in test_set.examples], args.sizes, args.probe_c, args.seed, args.select_frac)
     notes = (f"Model `{ctx.info.name}`; training data `{args.dataset}` ({len(train_set.examples)} examples), test "
              f"`{args.test_dataset}` ({len(test_set.examples)}); seed {args.seed}; probe layer chosen on a "
              f"{args.select_frac:g} validation split of each size's groups, refitted on all of them.")

@@ -27,9 +27,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
 
+from probes.datasets import DatasetError
 from probes.evaluate import paired_accuracy
-from probes.methods import auroc, logistic_probe
-from probes.train import recommend_layers, validation_aurocs
+from probes.methods import auroc
+from probes.train import layer_probe_scores, recommend_layers, validation_aurocs
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def nested_groups(groups: Sequence[str], sizes: Sequence[int], seed: int) -> lis
     out = []
     for n in sizes:
         if not 0 < n <= len(uniq):
-            raise ValueError(f"size {n} is outside 1..{len(uniq)} (the training data's groups)")
+            raise DatasetError(f"size {n} is outside 1..{len(uniq)} (the training data's groups)")
         chosen = set(uniq[:n])
         out.append([i for i, g in enumerate(groups) if g in chosen])
     return out
@@ -68,10 +69,7 @@ def learning_curve(
         for c in cs:
             val, _ = validation_aurocs(xi, yi, gi, select_frac, seed, c)
             layer, _ = recommend_layers(val, 3, min_layer_frac)
-            scores = []
-            for k in range(x.shape[1]):
-                w, b = logistic_probe(xi[:, k].numpy(), yi.numpy(), seed, c)
-                scores.append(xte[:, k].numpy() @ w + b)
+            scores = layer_probe_scores(xi, yi, xte, seed, c)
             test = [auroc(s, yte.numpy()) for s in scores]
             best, _ = recommend_layers(test, 3, min_layer_frac)
             points.append(CurvePoint(n, len(idx), c, layer, val[layer], test[layer],

@@ -32,7 +32,10 @@ def mean_difference(acts: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return acts[pos].mean(0) - acts[neg].mean(0)
 
 
-def logistic_probe(x: np.ndarray, y: np.ndarray, seed: int, c: float = 0.1) -> tuple[np.ndarray, float]:
+PROBE_C = 0.1  # default inverse L2 strength of the logistic probe
+
+
+def logistic_probe(x: np.ndarray, y: np.ndarray, seed: int, c: float = PROBE_C) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression on standardised features, returned in raw units:
     ``logit = w . x + bias``."""
     mu, sd = x.mean(0), x.std(0) + 1e-6

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from probes.methods import PROBE_C
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -14,7 +16,7 @@ class Preset:
     description: str
     recommended_strength: float
     max_per_dataset: int | None = None  # seeded subsample of each training file
-    probe_c: float = 0.1  # the logistic probe's inverse L2 strength
+    probe_c: float = PROBE_C  # the logistic probe's inverse L2 strength
     select_frac: float | None = None  # choose the probe layer on this validation split, not on ``test``
 
 

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from probes.datasets import split_indices
+from probes.datasets import DatasetError, split_indices
 from probes.methods import (
+    PROBE_C,
     Method,
     accuracy,
     auroc,
@@ -59,7 +60,7 @@ def fit_layers(
     seed: int = 0,
     method: Method = "mean-diff",
     groups: Sequence[str] | None = None,
-    probe_c: float = 0.1,
+    probe_c: float = PROBE_C,
 ) -> list[LayerFit]:
     """Per layer: the method's steering direction (with projection statistics) and a logistic
     probe (for scoring, L2 strength ``1 / probe_c``), both evaluated on the held-out split."""
@@ -96,22 +97,29 @@ def fit_layers(
 VALIDATION_SALT = "validation:"
 
 
+def layer_probe_scores(x: torch.Tensor, y: torch.Tensor, score: torch.Tensor, seed: int, probe_c: float = PROBE_C
+                       ) -> list[np.ndarray]:
+    """Per layer, the logits on ``score`` ``[M, L, H]`` of a logistic probe fitted on ``x``, ``y``."""
+    out = []
+    for k in range(x.shape[1]):
+        w, b = logistic_probe(x[:, k].numpy(), y.numpy(), seed, probe_c)
+        out.append(score[:, k].numpy() @ w + b)
+    return out
+
+
 def validation_aurocs(x: torch.Tensor, y: torch.Tensor, groups: Sequence[str], val_frac: float, seed: int,
-                      probe_c: float = 0.1) -> tuple[list[float | None], int]:
+                      probe_c: float = PROBE_C) -> tuple[list[float | None], int]:
     """Per layer, the AUROC of a logistic probe fitted on the training groups outside a seeded
     validation split (``val_frac`` of the groups, salted apart from the train/test split) and
     scored on it; and the validation size. Choosing the probe layer on these keeps the test set
     out of every decision the bundle makes."""
     fit, val = split_indices(groups, val_frac, seed, VALIDATION_SALT)
     if not val or len(set(y[val].tolist())) < 2 or len(set(y[fit].tolist())) < 2:
-        raise ValueError(f"the validation split ({val_frac:g} of {len(set(groups))} groups) needs both classes on "
+        raise DatasetError(f"the validation split ({val_frac:g} of {len(set(groups))} groups) needs both classes on "
                          "both sides: more groups or another fraction")
     ifit, ival = torch.tensor(fit), torch.tensor(val)
-    out: list[float | None] = []
-    for k in range(x.shape[1]):
-        w, b = logistic_probe(x[ifit, k].numpy(), y[ifit].numpy(), seed, probe_c)
-        out.append(auroc(x[ival, k].numpy() @ w + b, y[ival].numpy()))
-    return out, len(val)
+    scores = layer_probe_scores(x[ifit], y[ifit], x[ival], seed, probe_c)
+    return [auroc(s, y[ival].numpy()) for s in scores], len(val)
 
 
 def platt(scores: np.ndarray, labels: np.ndarray, seed: int) -> Calibration:
@@ -151,7 +159,7 @@ def build_bundle(
     method: Method = "mean-diff",
     groups: Sequence[str] | None = None,
     created_at: str | None = None,
-    probe_c: float = 0.1,
+    probe_c: float = PROBE_C,
     select_frac: float | None = None,
 ) -> DirectionBundle:
     """``select_frac``: choose the probe layer on a validation split of the training groups

@@ -99,3 +99,37 @@ def test_activations_do_not_depend_on_batching_or_order(tiny_model: Path) -> Non
     for i, t in enumerate(texts):
         alone = last_token_activations(model, tok, [t], batch_size=1, progress=False)
         torch.testing.assert_close(batched[i], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_curve_and_train_selection_options_through_the_cli(tiny_model: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    monkeypatch.setenv("TRUTHSTEER_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "mine.csv"
+    _write_dataset(data)  # 18 groups of 3
+    base = ["probes", "curve", "--model", str(tiny_model), "--dataset", str(data), "--test-dataset", str(data)]
+    out = tmp_path / "curve"
+    assert main([*base, "--sizes", "9,18", "--select-frac", "0.34", "--out", str(out)]) == 0
+    pts = json.loads((out / "curve.json").read_text())
+    assert [(p["groups"], p["examples"], p["c"]) for p in pts] == [(9, 27, 0.1), (9, 27, 1.0), (18, 54, 0.1),
+                                                                   (18, 54, 1.0)]
+    assert (out / "curve.md").is_file() and (out / "curve.png").is_file()
+    capsys.readouterr()
+    assert main([*base, "--sizes", "99", "--out", str(out)]) == 2
+    assert "size 99 is outside 1..18" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main([*base, "--sizes", "9,x", "--out", str(out)])
+    assert exc.value.code == 2 and "expected comma-separated ints, got '9,x'" in capsys.readouterr().err
+
+    bundle = tmp_path / "sel.safetensors"
+    assert main(["probes", "train", "--model", str(tiny_model), "--dataset", str(data), "--test-frac", "0.34",
+                 "--probe-c", "2", "--select-frac", "0.34", "--out", str(bundle)]) == 0
+    m = load_bundle(bundle).meta
+    assert (m.metrics["probe_c"], m.metrics["select_frac"]) == (2.0, 0.34) and m.metrics["n_validation"] > 0
+    assert m.training.notes == "probe: logistic, C=2, layer chosen on a 0.34 validation split of the training groups"
+    capsys.readouterr()
+    assert main(["probes", "train", "--model", str(tiny_model), "--dataset", str(data), "--select-frac", "0.001",
+                 "--out", str(tmp_path / "none.safetensors")]) == 2
+    assert "the validation split (0.001 of" in capsys.readouterr().err
