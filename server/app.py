@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -14,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.completions import collect, stream
 from server.errors import APIError, install_error_handlers
+from server.middleware import BodyLimit, RequestMetrics
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -70,33 +70,10 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
             raise APIError(503, "the engine is starting", type="service_unavailable", code="starting")
         return state["serving"]
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > settings.max_body_bytes:
-            return APIError(413, f"request body exceeds {settings.max_body_bytes} bytes",
-                            code="request_too_large").response()
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        endpoint = ENDPOINTS.get(request.url.path)
-        if endpoint is None or "serving" not in state:
-            return await call_next(request)
-        m = state["serving"].metrics
-        start = time.monotonic()
-        m.in_flight.labels(endpoint).inc()
-        status = "500"
-        try:
-            response = await call_next(request)
-            status = str(response.status_code)
-            return response
-        finally:
-            # for streams this is the time to the response head; the body's tokens are in the
-            # TTFT / inter-token histograms
-            m.in_flight.labels(endpoint).dec()
-            m.requests.labels(endpoint, status).inc()
-            m.latency.labels(endpoint).observe(time.monotonic() - start)
+    # pure ASGI (no per-chunk relay for streams); the last added is the outermost, so 413s are counted
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, endpoints=ENDPOINTS,
+                       metrics=lambda: state["serving"].metrics if "serving" in state else None)
 
     @app.get("/health")
     async def health() -> dict[str, str]:
