@@ -38,37 +38,99 @@ def decoder_layers(model: Any) -> Any:
 def last_token_activations(
     model: Any, tok: Any, texts: Sequence[str], batch_size: int = 16, progress: bool = True
 ) -> torch.Tensor:
-    """``[len(texts), num_layers, hidden]`` float32 activations at each text's last token."""
-    layers = decoder_layers(model)
-    captured: list[torch.Tensor] = []
+    """``[len(texts), num_layers, hidden]`` float32 activations at each text's last token.
 
-    def hook(_m: Any, _a: Any, out: Any) -> None:
-        captured.append(out[0] if isinstance(out, tuple) else out)
+    Texts that differ only in their last token (A/B items: the same question answered ``(A`` and
+    ``(B``) share one forward pass of their common prefix; each last token then runs as a one-token
+    step on that prefix's KV cache, which halves the cost of paired datasets.
+    """
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(ids):
+        groups.setdefault(tuple(x[:-1]), []).append(i)
+    if len(groups) == len(texts) or any(len(x) < 2 for x in ids):  # nothing shared: one pass per text
+        return _full_passes(model, tok, ids, batch_size, progress)
+    return _shared_prefixes(model, tok, ids, groups, batch_size, progress)
 
-    handles = [layer.register_forward_hook(hook) for layer in layers]
-    out = torch.empty(len(texts), len(layers), model.config.hidden_size)
-    old_side = tok.padding_side
-    tok.padding_side = "right"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    try:
-        # batches of similar length waste little on padding (right padding and causal attention:
-        # the padding never changes a text's own positions)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in tqdm(range(0, len(texts), batch_size), disable=not progress, desc="activations"):
-            idx = order[start : start + batch_size]
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
-            captured.clear()
-            getattr(model, "model", model)(**enc)  # the decoder stack only: no LM head needed
-            last = enc["attention_mask"].sum(1) - 1
-            rows = torch.arange(len(idx))
-            dest = torch.tensor(idx)
-            for k, h in enumerate(captured):
-                out[dest, k] = h[rows, last].float()
-    finally:
-        tok.padding_side = old_side
-        for h in handles:
+
+class _Capture:
+    """Forward hooks on every decoder layer; ``outputs`` holds the last call's layer outputs."""
+
+    def __init__(self, model: Any) -> None:
+        self.outputs: list[torch.Tensor] = []
+        self.handles = [layer.register_forward_hook(self._hook) for layer in decoder_layers(model)]
+
+    def _hook(self, _m: Any, _a: Any, out: Any) -> None:
+        self.outputs.append(out[0] if isinstance(out, tuple) else out)
+
+    def run(self, model: Any, **inputs: Any) -> Any:
+        self.outputs.clear()
+        return getattr(model, "model", model)(**inputs)  # the decoder stack only: no LM head needed
+
+    def close(self) -> None:
+        for h in self.handles:
             h.remove()
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask (right padding and causal attention: the padding never
+    changes a text's own positions)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    return input_ids, mask
+
+
+def _pad_id(tok: Any) -> int:
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return int(pad or 0)
+
+
+def _full_passes(model: Any, tok: Any, ids: list[list[int]], batch_size: int, progress: bool) -> torch.Tensor:
+    cap = _Capture(model)
+    out = torch.empty(len(ids), len(cap.handles), model.config.hidden_size)
+    try:
+        # batches of similar length waste little on padding
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="activations"):
+            idx = order[start : start + batch_size]
+            input_ids, mask = _pad([ids[i] for i in idx], _pad_id(tok))
+            cap.run(model, input_ids=input_ids, attention_mask=mask)
+            last = mask.sum(1) - 1
+            rows = torch.arange(len(idx))
+            for k, h in enumerate(cap.outputs):
+                out[torch.tensor(idx), k] = h[rows, last].float()
+    finally:
+        cap.close()
+    return out
+
+
+def _shared_prefixes(model: Any, tok: Any, ids: list[list[int]], groups: dict[tuple[int, ...], list[int]],
+                     batch_size: int, progress: bool) -> torch.Tensor:
+    cap = _Capture(model)
+    out = torch.empty(len(ids), len(cap.handles), model.config.hidden_size)
+    prefixes = sorted(groups, key=len)
+    try:
+        for start in tqdm(range(0, len(prefixes), batch_size), disable=not progress, desc="activations (shared prefixes)"):
+            batch = prefixes[start : start + batch_size]
+            input_ids, mask = _pad(batch, _pad_id(tok))
+            cache = cap.run(model, input_ids=input_ids, attention_mask=mask, use_cache=True).past_key_values
+            # one row per text: its prefix's cache row, then its own last token at position len(prefix)
+            members = [(b, i) for b, pre in enumerate(batch) for i in groups[pre]]
+            rows = torch.tensor([b for b, _ in members])
+            cache.batch_select_indices(rows)
+            last = torch.tensor([[ids[i][-1]] for _, i in members])
+            lengths = torch.tensor([len(batch[b]) for b, _ in members])
+            cap.run(model, input_ids=last, attention_mask=torch.cat([mask[rows], torch.ones(len(members), 1,
+                    dtype=torch.long)], 1), position_ids=lengths[:, None], past_key_values=cache, use_cache=True)
+            dest = torch.tensor([i for _, i in members])
+            for k, h in enumerate(cap.outputs):
+                out[dest, k] = h[:, -1].float()
+    finally:
+        cap.close()
     return out
 
 

@@ -221,6 +221,34 @@ def test_probe_score_endpoint_separates_true_from_false(server: str) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "probes[0]"
 
 
+def test_extracted_activations_give_the_servers_probe_scores(server: str) -> None:
+    """``probes/`` trains on the activations the server scores: the extractor (shared-prefix path for
+    A/B items, one pass for the rest) through the bundle's probe equals ``/v1/probes/score``."""
+    import torch
+
+    from probes import sources
+    from probes.extract import last_token_activations, load_hf
+    from steering.bundle import load_directory
+    from steering.engine import DEFAULT_DIRECTIONS
+    from steering.models import resolve_model
+    from steering.vllm.probe_readout import folded_probe
+
+    model, tok = load_hf(resolve_model(None))
+    items = sources.builtin("caa_sycophancy_test", tok).texts()[:4]  # two items, (A and (B each
+    texts = [*items, "The city of Paris is in France."]
+    acts = last_token_activations(model, tok, texts, batch_size=2, progress=False)
+    r = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": texts}, headers=_auth(), timeout=300)
+    assert r.status_code == 200, r.text
+    got = r.json()["data"]
+    bundles = load_directory(DEFAULT_DIRECTIONS)
+    for name in ("truth", "sycophancy"):
+        b = bundles[name]
+        assert b.meta.probe is not None
+        w, bias = folded_probe(b)
+        want = torch.sigmoid(acts[:, b.meta.probe.layer] @ w + bias).tolist()
+        assert [d["scores"][name] for d in got] == pytest.approx(want, abs=2e-3), name
+
+
 def test_32_concurrent_mixed_requests_equal_their_solo_runs(server: str) -> None:
     """Steered, unsteered, probed and streamed greedy requests in one batch: nothing leaks."""
     import asyncio

@@ -133,3 +133,18 @@ def test_curve_and_train_selection_options_through_the_cli(tiny_model: Path, tmp
     assert main(["probes", "train", "--model", str(tiny_model), "--dataset", str(data), "--select-frac", "0.001",
                  "--out", str(tmp_path / "none.safetensors")]) == 2
     assert "the validation split (0.001 of" in capsys.readouterr().err
+
+
+def test_shared_prefix_extraction_equals_one_full_pass_per_text(tiny_model: Path) -> None:
+    """A/B items share their prefix's forward pass; each text's activation is the one a full pass gives."""
+    from probes.extract import _full_passes, last_token_activations, load_hf
+
+    model, tok = load_hf(tiny_model)
+    stems = ["paris is in", "rome is not in", "lima"]
+    texts = [f"{s} {last}" for s in stems for last in ("france", "peru")] + ["lima is in peru"]
+    shared = last_token_activations(model, tok, texts, batch_size=2, progress=False)
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert len({tuple(x[:-1]) for x in ids}) < len(texts)  # the shared-prefix path was taken
+    full = _full_passes(model, tok, ids, 1, False)
+    torch.testing.assert_close(shared, full, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(shared[0], shared[1])  # the last token still matters
