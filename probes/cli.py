@@ -145,6 +145,12 @@ class _Ctx:
         if path.is_file():
             self.acts(data)
 
+    def preload_preset(self, preset: Preset) -> None:
+        """Remember the cached activations of a preset's whole files, so that its subsamples and
+        splits cost nothing when some other command extracted the whole file."""
+        for name in (*preset.train, *preset.test):
+            self.preload(sources.builtin(name, self.tok))
+
 
 def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float,
                 max_per_dataset: int | None = None) -> tuple[list[ds.Dataset], ds.Dataset, ds.Dataset]:
@@ -155,13 +161,24 @@ def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float,
     in the full preset too (and its training groups are on the full preset's training side).
     """
     size = max_per_dataset if max_per_dataset is not None else preset.max_per_dataset
-    parts = [ds.subsample(sources.builtin(n, tok), size, seed) for n in preset.train]
+    parts = [preset_part(preset, n, tok, seed, test_frac, size, "train") for n in preset.train]
     train_set = ds.concat("+".join(preset.train), parts)
     if preset.test:
         test_set = ds.concat("+".join(preset.test), [sources.builtin(n, tok) for n in preset.test])
         return parts, train_set, test_set
     tr, te = ds.split_dataset(train_set, test_frac, seed)
     return parts, tr, te
+
+
+def preset_part(preset: Preset, part: str, tok: Any, seed: int, test_frac: float, size: int | None,
+                side: str) -> ds.Dataset:
+    """One training file of a preset, subsampled; for the parts the preset splits (``Preset.split``)
+    only its ``side`` (``train`` or ``test``) of the group split."""
+    one = ds.subsample(sources.builtin(part, tok), size, seed)
+    if part in preset.split:
+        one = ds.split_dataset(one, test_frac, seed)[0 if side == "train" else 1]
+        one = ds.Dataset(part, one.examples, one.path, one.license)
+    return one
 
 
 def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Dataset:
@@ -179,6 +196,7 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
             raise ds.DatasetError(f"{spec}: unknown preset {name!r} (have {sorted(PRESETS)})")
         preset = PRESETS[name]
         _, train, test = preset_sets(preset, ctx.tok, seed, 0.2, ctx.max_per_dataset)
+        ctx.preload_preset(preset)
         ctx.preload(train)
         ctx.preload(test)
         if part and part not in preset.train:
@@ -188,9 +206,13 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
         if not part:
             return ds.subsample(test, max_items or None, seed)
         size = ctx.max_per_dataset if ctx.max_per_dataset is not None else preset.max_per_dataset
-        one = ds.subsample(sources.builtin(part, ctx.tok), size, seed)
         if kind == "heldout" and not preset.test:
-            one = ds.split_dataset(one, 0.2, seed)[1]
+            one = ds.split_dataset(ds.subsample(sources.builtin(part, ctx.tok), size, seed), 0.2, seed)[1]
+        elif kind == "heldout" and part not in preset.split:
+            raise ds.DatasetError(f"{spec}: {name} trains on all of {part!r} (its test set is "
+                                  f"{'+'.join(preset.test)}); nothing of it is held out")
+        else:
+            one = preset_part(preset, part, ctx.tok, seed, 0.2, size, "test" if kind == "heldout" else "train")
         return ds.subsample(ds.Dataset(spec, one.examples, one.path, one.license), max_items or None, seed)
     return ds.subsample(sources.load(spec, ctx.tok), max_items or None, seed)
 
@@ -201,6 +223,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.preset:
         preset = PRESETS[args.preset]
         parts, train_set, test_set = preset_sets(preset, ctx.tok, args.seed, args.test_frac, args.max_per_dataset)
+        ctx.preload_preset(preset)
         name, kind, desc, strength = preset.name, preset.kind, preset.description, preset.recommended_strength
     else:
         parts = [ds.subsample(sources.load(s, ctx.tok), args.max_per_dataset, args.seed) for s in args.dataset.split("+")]

@@ -18,6 +18,9 @@ class Preset:
     max_per_dataset: int | None = None  # seeded subsample of each training file
     probe_c: float = PROBE_C  # the logistic probe's inverse L2 strength
     select_frac: float | None = None  # choose the probe layer on this validation split, not on ``test``
+    # training parts whose held-out group split stays out of training although ``test`` is set, so
+    # that ``heldout:PRESET:PART`` measures them on items the bundle never saw
+    split: tuple[str, ...] = ()
 
 
 PRESETS = {

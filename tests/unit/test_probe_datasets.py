@@ -149,6 +149,9 @@ def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.Monke
         def preload(self, data: ds.Dataset) -> None:
             pass
 
+        def preload_preset(self, preset: object) -> None:
+            pass
+
     monkeypatch.setenv(ds.DATA_ENV, str(root))
     # whole groups only: the two-answer question does not fit after the one-answer one
     two = load_spec("mmlu_true_false@2", Ctx(), 0, None)  # type: ignore[arg-type]
@@ -194,5 +197,48 @@ def test_smaller_preset_runs_hold_out_only_groups_the_full_preset_holds_out(tmp_
         def preload(self, data: ds.Dataset) -> None:
             pass
 
+        def preload_preset(self, preset: object) -> None:
+            pass
+
     held = load_spec("heldout:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
     assert set(held.texts()) == {e.text for e in small_te.examples if e.group.startswith("C")}
+
+
+def test_a_split_part_trains_on_one_side_and_heldout_measures_the_other(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Preset.split``: with an explicit test set, a split part still keeps its held-out groups out
+    of training, and ``heldout:P:PART`` is exactly those groups; an unsplit part has none."""
+    from probes.cli import load_spec, preset_sets
+    from probes.presets import PRESETS, Preset
+
+    tri = tmp_path / "trilemma_of_truth"
+    tri.mkdir()
+    rows = [f"The city of C{i} is located in K{i}.,C{i},K{i},{'TRUE' if i % 2 else 'FALSE'}" for i in range(200)]
+    (tri / "city_locations.csv").write_text("statement,object_1,object_2,correct\n" + "\n".join(rows) + "\n")
+    words = [f"A w{i} is a type of t{i}.,w{i},{'TRUE' if i % 2 else 'FALSE'}" for i in range(50)]
+    (tri / "word_types.csv").write_text("statement,object_1,correct\n" + "\n".join(words) + "\n")
+    monkeypatch.setenv(ds.DATA_ENV, str(tmp_path))
+    preset = Preset(name="mixed", kind="truth", train=("cities", "word_types"), test=("word_types",),
+                    description="", recommended_strength=1.0, split=("cities",))
+    monkeypatch.setitem(PRESETS, "mixed", preset)
+    parts, train, _ = preset_sets(preset, None, 0, 0.2)
+
+    class Ctx:
+        tok = None
+        max_per_dataset = None
+
+        def preload(self, data: ds.Dataset) -> None:
+            pass
+
+        def preload_preset(self, preset: object) -> None:
+            pass
+
+    held = load_spec("heldout:mixed:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    trained = {e.group for e in train.examples}
+    held_groups = {e.group for e in held.examples}
+    assert held_groups and held_groups.isdisjoint(trained)
+    assert held_groups | {g for g in trained if g.startswith("C")} == {f"C{i}" for i in range(200)}
+    assert load_spec("preset:mixed:cities", Ctx(), 0, None).texts() == parts[0].texts()  # type: ignore[arg-type]
+    assert len(parts[1].examples) == 50  # the unsplit part is used whole
+    with pytest.raises(ds.DatasetError, match="trains on all of 'word_types'"):
+        load_spec("heldout:mixed:word_types", Ctx(), 0, None)  # type: ignore[arg-type]
