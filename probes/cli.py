@@ -172,10 +172,10 @@ def preset_sets(preset: Preset, tok: Any, seed: int, test_frac: float,
 
 def preset_part(preset: Preset, part: str, tok: Any, seed: int, test_frac: float, size: int | None,
                 side: str) -> ds.Dataset:
-    """One training file of a preset, subsampled; for the parts the preset splits (``Preset.split``)
-    only its ``side`` (``train`` or ``test``) of the group split."""
+    """One training file of a preset, subsampled: its held-out group split for ``side="test"``; for
+    ``side="train"`` the training side of the parts the preset splits (``Preset.split``), else all."""
     one = ds.subsample(sources.builtin(part, tok), size, seed)
-    if part in preset.split:
+    if side == "test" or part in preset.split:
         one = ds.split_dataset(one, test_frac, seed)[0 if side == "train" else 1]
         one = ds.Dataset(part, one.examples, one.path, one.license)
     return one
@@ -206,13 +206,10 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
         if not part:
             return ds.subsample(test, max_items or None, seed)
         size = ctx.max_per_dataset if ctx.max_per_dataset is not None else preset.max_per_dataset
-        if kind == "heldout" and not preset.test:
-            one = ds.split_dataset(ds.subsample(sources.builtin(part, ctx.tok), size, seed), 0.2, seed)[1]
-        elif kind == "heldout" and part not in preset.split:
+        if kind == "heldout" and preset.test and part not in preset.split:
             raise ds.DatasetError(f"{spec}: {name} trains on all of {part!r} (its test set is "
                                   f"{'+'.join(preset.test)}); nothing of it is held out")
-        else:
-            one = preset_part(preset, part, ctx.tok, seed, 0.2, size, "test" if kind == "heldout" else "train")
+        one = preset_part(preset, part, ctx.tok, seed, 0.2, size, "test" if kind == "heldout" else "train")
         return ds.subsample(ds.Dataset(spec, one.examples, one.path, one.license), max_items or None, seed)
     return ds.subsample(sources.load(spec, ctx.tok), max_items or None, seed)
 

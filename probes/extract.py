@@ -100,9 +100,9 @@ def _full_passes(model: Any, tok: Any, ids: list[list[int]], batch_size: int, pr
             input_ids, mask = _pad([ids[i] for i in idx], _pad_id(tok))
             cap.run(model, input_ids=input_ids, attention_mask=mask)
             last = mask.sum(1) - 1
-            rows = torch.arange(len(idx))
+            rows, dest = torch.arange(len(idx)), torch.tensor(idx)
             for k, h in enumerate(cap.outputs):
-                out[torch.tensor(idx), k] = h[rows, last].float()
+                out[dest, k] = h[rows, last].float()
     finally:
         cap.close()
     return out

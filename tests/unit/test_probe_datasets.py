@@ -139,30 +139,35 @@ def test_split_indices_match_group_split_and_never_share_a_group() -> None:
     assert ds.split_indices([e.group for e in ex], 0.3, seed=2) != (itr, ite)
 
 
+class FakeCtx:
+    """What ``load_spec`` needs of the CLI context, with nothing cached."""
+
+    tok = None
+
+    def __init__(self, max_per_dataset: int | None = None) -> None:
+        self.max_per_dataset = max_per_dataset
+
+    def preload(self, data: ds.Dataset) -> None:
+        pass
+
+    def preload_preset(self, preset: object) -> None:
+        pass
+
+
 def test_spec_size_suffix_and_preset_parts(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from probes.cli import load_spec
 
-    class Ctx:
-        tok = None
-        max_per_dataset = None
-
-        def preload(self, data: ds.Dataset) -> None:
-            pass
-
-        def preload_preset(self, preset: object) -> None:
-            pass
-
     monkeypatch.setenv(ds.DATA_ENV, str(root))
     # whole groups only: the two-answer question does not fit after the one-answer one
-    two = load_spec("mmlu_true_false@2", Ctx(), 0, None)  # type: ignore[arg-type]
+    two = load_spec("mmlu_true_false@2", FakeCtx(), 0, None)  # type: ignore[arg-type]
     assert [e.group for e in two.examples] == ["Question: Sky?"]
-    assert len(load_spec("mmlu_true_false", Ctx(), 0, None).examples) == 3  # type: ignore[arg-type]
-    part = load_spec("preset:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    assert len(load_spec("mmlu_true_false", FakeCtx(), 0, None).examples) == 3  # type: ignore[arg-type]
+    part = load_spec("preset:truth:cities", FakeCtx(), 0, None)  # type: ignore[arg-type]
     assert part.texts() == sources.builtin("cities", root=root).texts()
     with pytest.raises(ds.DatasetError, match="expected a number of items after @"):
-        load_spec("cities@x", Ctx(), 0, None)  # type: ignore[arg-type]
+        load_spec("cities@x", FakeCtx(), 0, None)  # type: ignore[arg-type]
     with pytest.raises(ds.DatasetError, match="'mmlu_true_false' is not a training part of truth"):
-        load_spec("heldout:truth:mmlu_true_false", Ctx(), 0, None)  # type: ignore[arg-type]
+        load_spec("heldout:truth:mmlu_true_false", FakeCtx(), 0, None)  # type: ignore[arg-type]
 
 
 def test_smaller_preset_runs_hold_out_only_groups_the_full_preset_holds_out(tmp_path: Path,
@@ -190,17 +195,7 @@ def test_smaller_preset_runs_hold_out_only_groups_the_full_preset_holds_out(tmp_
 
     assert groups(small_te) and groups(small_te) <= groups(full_te) and groups(small_tr) <= groups(full_tr)
 
-    class Ctx:
-        tok = None
-        max_per_dataset = 100
-
-        def preload(self, data: ds.Dataset) -> None:
-            pass
-
-        def preload_preset(self, preset: object) -> None:
-            pass
-
-    held = load_spec("heldout:truth:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    held = load_spec("heldout:truth:cities", FakeCtx(100), 0, None)  # type: ignore[arg-type]
     assert set(held.texts()) == {e.text for e in small_te.examples if e.group.startswith("C")}
 
 
@@ -223,22 +218,12 @@ def test_a_split_part_trains_on_one_side_and_heldout_measures_the_other(tmp_path
     monkeypatch.setitem(PRESETS, "mixed", preset)
     parts, train, _ = preset_sets(preset, None, 0, 0.2)
 
-    class Ctx:
-        tok = None
-        max_per_dataset = None
-
-        def preload(self, data: ds.Dataset) -> None:
-            pass
-
-        def preload_preset(self, preset: object) -> None:
-            pass
-
-    held = load_spec("heldout:mixed:cities", Ctx(), 0, None)  # type: ignore[arg-type]
+    held = load_spec("heldout:mixed:cities", FakeCtx(), 0, None)  # type: ignore[arg-type]
     trained = {e.group for e in train.examples}
     held_groups = {e.group for e in held.examples}
     assert held_groups and held_groups.isdisjoint(trained)
     assert held_groups | {g for g in trained if g.startswith("C")} == {f"C{i}" for i in range(200)}
-    assert load_spec("preset:mixed:cities", Ctx(), 0, None).texts() == parts[0].texts()  # type: ignore[arg-type]
+    assert load_spec("preset:mixed:cities", FakeCtx(), 0, None).texts() == parts[0].texts()  # type: ignore[arg-type]
     assert len(parts[1].examples) == 50  # the unsplit part is used whole
     with pytest.raises(ds.DatasetError, match="trains on all of 'word_types'"):
-        load_spec("heldout:mixed:word_types", Ctx(), 0, None)  # type: ignore[arg-type]
+        load_spec("heldout:mixed:word_types", FakeCtx(), 0, None)  # type: ignore[arg-type]
