@@ -170,6 +170,24 @@ def contrast_rows(
     return repetition_penalty(scores, previous_token_ids, cfg.repetition_penalty)
 
 
+def stack_blocks(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack(tensors)``, as a view without a copy when the tensors are consecutive blocks
+    of one contiguous buffer (the layers of one batched LM-head call, as
+    :func:`steering.vllm.contrastive_lp.premature_logits` returns them): on CPU the copy of DoLa's
+    8 x 64 x 49k premature logits costs a tenth of the step."""
+    first = tensors[0]
+    step = first.numel()
+    consecutive = first.is_contiguous() and all(
+        t.shape == first.shape and t.dtype == first.dtype and t.is_contiguous()
+        and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and t.storage_offset() == first.storage_offset() + i * step
+        for i, t in enumerate(tensors)
+    )
+    if not consecutive:
+        return torch.stack(list(tensors))
+    return first.as_strided((len(tensors), *first.shape), (step, *first.stride()), first.storage_offset())
+
+
 def layers_needed(configs: Sequence[ResolvedDecoding | None]) -> list[int]:
     """Sorted union of the premature layers that the active rows of a batch read."""
     return sorted({k for c in configs if c is not None and c.active for k in c.layers})
@@ -207,7 +225,10 @@ def apply_contrast(
             idx = idx[gate]
             if idx.numel() == 0:
                 continue
-        stacked = torch.stack([premature_logits[k][idx] for k in cfg.layers])
+        if idx.numel() == final_logits.shape[0]:  # every row, in order: no gather
+            stacked = stack_blocks([premature_logits[k] for k in cfg.layers])
+        else:
+            stacked = torch.stack([premature_logits[k][idx] for k in cfg.layers])
         history = [previous_token_ids[int(r)] for r in idx.tolist()]
         out[idx] = contrast_rows(final_logits[idx], stacked, cfg, history).to(out.dtype)
     return out

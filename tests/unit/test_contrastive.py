@@ -18,6 +18,7 @@ from steering.contrastive import (
     log_softmax,
     plausibility_mask,
     repetition_penalty,
+    stack_blocks,
 )
 from steering.decoding_spec import ResolvedDecoding
 from tests.unit.hf_dola_455 import _dola_select_contrast
@@ -234,6 +235,34 @@ def test_matches_hf_455_dola_step(seed: int) -> None:
         hf = _dola_select_contrast(layers, {k: prem[k].clone() for k in layers}, final.clone())
         ours = apply_contrast(final, prem, [ResolvedDecoding("dola", tuple(layers))], [[]])
         assert torch.equal(ours, hf), layers
+
+
+def test_stack_blocks_is_a_view_of_consecutive_blocks_and_a_copy_otherwise() -> None:
+    buf = torch.randn(3 * 4, 7)
+    blocks = [buf[4 * i : 4 * (i + 1)] for i in range(3)]
+    view = stack_blocks(blocks)
+    assert torch.equal(view, torch.stack(blocks)) and view.shape == (3, 4, 7)
+    assert view.data_ptr() == buf.data_ptr()  # no copy
+    for others in (blocks[::-1], [blocks[0], blocks[2]], [blocks[0], blocks[1].clone()], [b[:, :5] for b in blocks]):
+        out = stack_blocks(others)
+        assert torch.equal(out, torch.stack(others)) and out.data_ptr() != buf.data_ptr()
+
+
+def test_dola_on_views_of_one_head_call_equals_dola_on_separate_tensors() -> None:
+    """The vLLM path hands apply_contrast views of one [layers * rows, V] head output; the result
+    is bitwise that of separate tensors, with and without a gate dropping rows, and the views are
+    left untouched."""
+    final, prem = _batch(5, 300, [2, 4, 6], seed=3)
+    buf = torch.cat([prem[k] for k in (2, 4, 6)])
+    before = buf.clone()
+    views = {k: buf[5 * i : 5 * (i + 1)] for i, k in enumerate((2, 4, 6))}
+    final[1, 0] += 60.0  # confident: the gate holds it back
+    gated = ResolvedDecoding("dola", (2, 4, 6), entropy_threshold=0.5)
+    assert int(entropy_gate(log_softmax(final), 0.5).sum()) == 4
+    for cfg in (ResolvedDecoding("dola", (2, 4, 6), alpha=0.05), gated, GATED):
+        assert torch.equal(apply_contrast(final, views, [cfg] * 5, [[]] * 5),
+                           apply_contrast(final, prem, [cfg] * 5, [[]] * 5))
+    assert torch.equal(buf, before)
 
 
 def test_apply_contrast_checks_row_counts() -> None:
