@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,16 +14,11 @@ import httpx
 import yaml
 
 from tests.deploy.manifests import ALERTS, PROMETHEUS, load_yaml
+from tests.integration.serve import free_port
 
 PROMETHEUS_BIN = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
 MISSING = "needs Prometheus' binaries (Debian: apt-get install prometheus)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def scrape_config(target: str, scrape_interval: str) -> dict[str, Any]:

@@ -4,10 +4,6 @@ every Grafana panel must return data, and the counters must count exactly the re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +12,8 @@ import httpx
 import pytest
 
 from tests.deploy.manifests import dashboard_exprs, to_promql
-from tests.deploy.prom import MISSING, PROMETHEUS_BIN, free_port, running_prometheus
+from tests.deploy.prom import MISSING, PROMETHEUS_BIN, running_prometheus
+from tests.integration.serve import running_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.skipif(PROMETHEUS_BIN is None, reason=MISSING)]
 KEY = "sk-deploy-test"
@@ -25,38 +22,13 @@ MODEL = "smollm2"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "TRUTHSTEER_PORT": str(port), "TRUTHSTEER_API_KEYS": json.dumps([KEY]),
-           "TRUTHSTEER_SERVED_MODEL_NAME": MODEL, "OMP_NUM_THREADS": "1",
+    env = {"TRUTHSTEER_API_KEYS": json.dumps([KEY]), "TRUTHSTEER_SERVED_MODEL_NAME": MODEL, "OMP_NUM_THREADS": "1",
            # Every scored answer counts as flagged (truth: mean below 1; sycophancy: above 0), so
            # the flag series have data.
            "TRUTHSTEER_PROBE_FLAG_THRESHOLDS": json.dumps({"truth": 1.0, "sycophancy": 0.0})}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "steering.cli", "serve"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log_path.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("server did not become healthy")
-            time.sleep(2)
+    with running_server(env, log_path) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(30)
 
 
 def send_mixed_load(base: str) -> dict[str, int]:

@@ -3,55 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.integration.serve import running_server
+
 pytestmark = pytest.mark.engine
 API_KEY = "sk-test-truthsteer"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    port = _free_port()
-    env = {**os.environ, "TRUTHSTEER_PORT": str(port), "TRUTHSTEER_API_KEYS": f'["{API_KEY}"]',
-           "TRUTHSTEER_SERVED_MODEL_NAME": "smollm2"}
-    proc = subprocess.Popen([sys.executable, "-m", "steering.cli", "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 900
-    try:
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.stdout.read()[-4000:] if proc.stdout else ''}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(2)
-        else:
-            raise RuntimeError("server did not become healthy")
+    with running_server({"TRUTHSTEER_API_KEYS": f'["{API_KEY}"]', "TRUTHSTEER_SERVED_MODEL_NAME": "smollm2"}) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
