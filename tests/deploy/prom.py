@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ import httpx
 import yaml
 
 from tests.deploy.manifests import ALERTS, PROMETHEUS, load_yaml
-from tests.integration.serve import free_port
+from tests.procs import free_port, running_process
 
 PROMETHEUS_BIN = shutil.which("prometheus")
 PROMTOOL = shutil.which("promtool")
@@ -66,32 +65,9 @@ def running_prometheus(tmp: Path, target: str, scrape_interval: str = "1s") -> I
     config = tmp / "prometheus.yml"
     config.write_text(yaml.safe_dump(scrape_config(target, scrape_interval)))
     port = free_port()
-    log = (tmp / "prometheus.log").open("w")
-    proc = subprocess.Popen(
-        [PROMETHEUS_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    cmd = [PROMETHEUS_BIN, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'data'}",
+           f"--web.listen-address=127.0.0.1:{port}"]
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited: {(tmp / 'prometheus.log').read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{base}/-/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("prometheus did not become ready")
-            time.sleep(0.2)
+    with running_process("prometheus", cmd, f"{base}/-/ready", tmp / "prometheus.log", timeout_s=60, poll_s=0.2,
+                         stop_s=20):
         yield Prometheus(base)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(20)
-        log.close()

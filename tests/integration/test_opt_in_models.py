@@ -9,7 +9,6 @@ installed, as on CI, where only the default model is.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,7 +49,7 @@ def client(served: tuple[str, str]) -> Any:
 
 
 def _shipped(alias: str) -> set[str]:
-    return {p.stem for p in Path(DEFAULT_DIRECTIONS / alias).glob("*.safetensors")}
+    return {p.stem for p in (DEFAULT_DIRECTIONS / alias).glob("*.safetensors")}
 
 
 def test_the_models_own_bundles_are_served(served: tuple[str, str]) -> None:

@@ -1,0 +1,49 @@
+"""Test helpers for a child process with an HTTP readiness URL (the server, Prometheus)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_process(name: str, cmd: Sequence[str], ready_url: str, log_path: Path, *, env: dict[str, str] | None = None,
+                    timeout_s: float, poll_s: float, stop_s: float) -> Iterator[None]:
+    """Run ``cmd`` with its output in ``log_path`` (never a pipe nobody reads) until ``ready_url``
+    answers 200, then yield; terminate it afterwards (kill after ``stop_s``). A process that exits
+    or is not ready in ``timeout_s`` raises, naming ``name`` and the log."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited ({log_path}): {log_path.read_text()[-4000:]}")
+            try:
+                if httpx.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} was not ready in {timeout_s:.0f} s ({log_path})")
+            time.sleep(poll_s)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(stop_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(stop_s)
