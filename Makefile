@@ -101,8 +101,9 @@ bench-quick: model
 eval: model
 	$(BIN)/python -m eval.run
 
+# --limit 5 into its own folder, so that it never overwrites the full results in eval/results/.
 eval-quick: model
-	$(BIN)/python -m eval.run --limit 5
+	$(BIN)/python -m eval.run --limit 5 --out eval/results/quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
