@@ -60,6 +60,15 @@ def closed_shape(concurrency: int, n: int, tokens: int) -> Shape:
     return Shape(f"c={concurrency}", [Req(p, tokens, 0.0) for p in workload(n)], concurrency)
 
 
+def warm_shape(shape: Shape, tokens: int = 4) -> Shape:
+    """An untimed pass before a shape's rounds: its prompts (so every prefill length it will see)
+    at its concurrency (so every batch size), with short outputs. Without it the first scenario of
+    round 1 pays for the engine's first use of those shapes (compiled graphs, allocator growth)."""
+    width = shape.concurrency or 8
+    reqs = [Req(r.prompt, min(r.max_tokens, tokens), 0.0) for r in shape.requests[: max(width, 8)]]
+    return Shape(f"{shape.name} warm-up", reqs, width)
+
+
 def poisson_shape(n: int, rate: float, out_lens: tuple[int, ...], seed: int) -> Shape:
     rng = random.Random(seed)
     base = workload(n)
@@ -115,7 +124,8 @@ def bench_rounds(bases: Mapping[str, str], scenarios: list[Scenario], shapes: li
     """Every scenario on every shape, ``rounds`` times. Shape by shape, each round runs every
     scenario once, in an order rotated by one scenario per round, so slow drift of the machine
     (clock, neighbours) reaches every scenario alike and round ``r`` of a scenario can be set
-    against round ``r`` of plain vLLM (:func:`bench.loadreport.ratios`). ``bases``: server kind
+    against round ``r`` of plain vLLM (:func:`bench.loadreport.ratios`); an untimed
+    :func:`warm_shape` pass of every scenario precedes a shape's rounds. ``bases``: server kind
     (``Scenario.server``) -> URL; a scenario the server rejects is recorded as unsupported."""
     models = {kind: _model(base) for kind, base in bases.items()}
     live: list[Scenario] = []
@@ -128,6 +138,8 @@ def bench_rounds(bases: Mapping[str, str], scenarios: list[Scenario], shapes: li
             print(f"{sc.name:<32} unsupported ({e.status})", flush=True)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {sc.name: {} for sc in live}
     for shape in shapes:
+        for sc in live:
+            asyncio.run(run_shape(bases[sc.server], models[sc.server], warm_shape(shape), sc))
         for r in range(rounds):
             for sc in rotated(live, r):
                 m = asyncio.run(run_shape(bases[sc.server], models[sc.server], shape, sc))

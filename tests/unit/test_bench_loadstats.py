@@ -106,8 +106,22 @@ def test_bench_rounds_interleaves_scenarios_round_by_round(monkeypatch: pytest.M
     out: dict[str, Any] = {}
     loadgen.bench_rounds({"vllm": "u1", "truthsteer": "u2"}, scs, shapes, 2, out)
     assert out["rejected"]["unsupported"] == "unsupported (400)"
-    # warm-ups first, then per shape: round 1 a b, round 2 b a
-    assert [c[0] for c in calls] == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
-    assert [c[1] for c in calls[2:]] == ["c=1"] * 4 + ["c=8"] * 4
-    assert out["a"]["c=1"]["rounds_tokens_per_s"] == [3.0, 6.0]
-    assert out["b"]["c=8"]["rounds_tokens_per_s"] == [8.0, 9.0]
+    # the support check first, then per shape: an untimed warm-up of each scenario, round 1 a b,
+    # round 2 b a
+    assert [c[0] for c in calls] == ["a", "b"] + ["a", "b", "a", "b", "b", "a"] * 2
+    assert [c[1] for c in calls[2:]] == (["c=1 warm-up"] * 2 + ["c=1"] * 4 + ["c=8 warm-up"] * 2 + ["c=8"] * 4)
+    assert out["a"]["c=1"]["rounds_tokens_per_s"] == [5.0, 8.0]
+    assert out["b"]["c=8"]["rounds_tokens_per_s"] == [12.0, 13.0]
+
+
+def test_warm_shape_covers_the_shapes_prompts_and_batch_size_with_short_outputs() -> None:
+    from bench import loadgen
+
+    closed = loadgen.closed_shape(32, 40, 64)
+    w = loadgen.warm_shape(closed)
+    assert w.concurrency == 32 and [r.prompt for r in w.requests] == [r.prompt for r in closed.requests[:32]]
+    assert {r.max_tokens for r in w.requests} == {4}
+    open_loop = loadgen.poisson_shape(20, 2.0, (2, 16), seed=0)
+    w = loadgen.warm_shape(open_loop)
+    assert w.concurrency == 8 and len(w.requests) == 8 and all(r.at == 0.0 for r in w.requests)
+    assert [r.max_tokens for r in w.requests] == [min(r.max_tokens, 4) for r in open_loop.requests[:8]]
