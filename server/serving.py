@@ -335,6 +335,7 @@ class Serving:
         if job.probe_id and self.receiver is not None:
             sink = self.receiver.register(job.probe_id)
         done: dict[int, int] = {}  # tokens seen per choice
+        finished = False
         start = last = time.monotonic()
         n_prompt = job.prepared.n_prompt
         try:
@@ -358,12 +359,15 @@ class Serving:
                         scores = sink.scores(probes, positions)
                         # by token index within this piece
                         flags = {p - positions.start: sink.flags[p] for p in positions if p in sink.flags}
+                    first = k0 == 0  # the prompt's ids and logprobs travel with a choice's first piece only
                     yield Piece(job.base + c.index, c.text, ids, c.logprobs, c.finish_reason,
-                                list(out.prompt_token_ids or []), scores, flags,
-                                getattr(out, "prompt_logprobs", None) if k0 == 0 else None)
+                                list(out.prompt_token_ids or []) if first else [], scores, flags,
+                                getattr(out, "prompt_logprobs", None) if first else None)
                 last = t
+                finished = out.finished
         finally:
-            await self.engine.abort(job.request_id)
+            if not finished:  # a client that went away, or an error: free the engine's slot
+                await self.engine.abort(job.request_id)
             if sink is not None and self.receiver is not None and job.probe_id:
                 self.receiver.unregister(job.probe_id)
 

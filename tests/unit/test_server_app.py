@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
+from server.protocol import CompletionRequest
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
@@ -72,6 +73,7 @@ class FakeEngine:
                                              logprobs=None if params.logprobs is None else
                                              [{7042: SimpleNamespace(logprob=-0.25, rank=1)}],
                                              finish_reason="length" if step == steps - 1 else None)],
+                    finished=step == steps - 1 and k == params.n - 1,
                 )
 
     async def abort(self, rid: str) -> None:
@@ -107,7 +109,27 @@ def app_client() -> Any:
     with TestClient(create_app(settings, serving)) as c:
         c.headers["Authorization"] = f"Bearer {KEY}"
         c.engine = engine  # type: ignore[attr-defined]
+        c.serving = serving  # type: ignore[attr-defined]
         yield c
+
+
+def test_engine_requests_are_aborted_only_when_left_unfinished(app_client: Any) -> None:
+    for body in ({"max_tokens": 3}, {"max_tokens": 2, "n": 3}, {"max_tokens": 3, "stream": True}):
+        r = app_client.post("/v1/completions", json={"model": "tiny", "prompt": "abc", **body})
+        assert r.status_code == 200
+    assert app_client.engine.aborted == []  # finished requests hold no engine slot: nothing to abort
+    serving = app_client.serving
+    plan = serving.build(CompletionRequest(model="tiny", prompt="abc", max_tokens=3))
+
+    async def first_piece_then_leave() -> Any:
+        gen = serving.generate(plan.jobs[0], plan.scored, "completions")
+        piece = await gen.__anext__()
+        await gen.aclose()  # what a client that goes away mid-stream leads to
+        return piece
+
+    piece = asyncio.run(first_piece_then_leave())
+    assert piece.prompt_token_ids == [ord(c) for c in "abc"]
+    assert app_client.engine.aborted == [plan.jobs[0].request_id]
 
 
 def test_models_directions_health(app_client: Any) -> None:
