@@ -53,6 +53,13 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         s = serving or Serving.start(settings)
         await s.connect_probes()
+        if serving is None:
+            from vllm.utils.gc_utils import freeze_gc_heap
+
+            # as vLLM's own server does: the start-up heap (torch, transformers, vLLM; ~700k
+            # objects) never becomes garbage; frozen, a full collection no longer walks it (310 ms
+            # per collection unfrozen, measured, every stream stalled meanwhile; 0 ms frozen)
+            freeze_gc_heap()
         state["serving"] = s
         _app.state.metrics = s.metrics
         try:

@@ -132,6 +132,28 @@ def test_engine_requests_are_aborted_only_when_left_unfinished(app_client: Any) 
     assert app_client.engine.aborted == [plan.jobs[0].request_id]
 
 
+def test_the_start_up_heap_is_frozen_once_the_engine_it_starts_is_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vllm.utils.gc_utils
+
+    settings = Settings(served_model_name="tiny", max_model_len=64)
+    events: list[str] = []
+
+    def start(_settings: Settings) -> Serving:
+        events.append("engine started")
+        return Serving(settings, FakeEngine(), PreparedEngine("/models/tiny", INFO, {"truth": make_bundle("truth")}, {}),
+                       FakeTokenizer())
+
+    monkeypatch.setattr(Serving, "start", staticmethod(start))
+    monkeypatch.setattr(vllm.utils.gc_utils, "freeze_gc_heap", lambda: events.append("heap frozen"))
+    with TestClient(create_app(settings)) as c:
+        assert c.get("/health").status_code == 200
+    assert events == ["engine started", "heap frozen"]
+    events.clear()
+    with TestClient(create_app(settings, start(settings))):  # an injected Serving: the caller's process
+        pass
+    assert events == ["engine started"]
+
+
 def test_models_directions_health(app_client: Any) -> None:
     assert app_client.get("/v1/models").json()["data"][0]["id"] == "tiny"
     d = app_client.get("/v1/directions").json()["data"][0]
