@@ -118,8 +118,8 @@ def batched_premature(hidden: dict[int, torch.Tensor], rows: slice | list[int], 
                       scale: torch.Tensor) -> dict[int, torch.Tensor]:
     """The premature layers' logits at ``rows`` from ONE LM-head matmul over all (layer, row) pairs,
     as :func:`~steering.vllm.contrastive_lp.premature_logits` computes them: a CPU GEMM's rounding
-    depends on the number of rows in the call (CI's CPU differs from a per-layer call in the last
-    bit), and what is tested here is the contrast, not the GEMM."""
+    depends on the number of rows in the call (one call per layer differs in the last bit), and
+    what is tested here is the contrast, not the GEMM."""
     states = torch.cat([norm_fn(scale)(hidden[k][rows]) for k in layers])
     return dict(zip(layers, (states @ w.t()).chunk(len(layers)), strict=True))
 

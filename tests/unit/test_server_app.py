@@ -100,15 +100,19 @@ class FakeTokenizer:
         return "".join(chr(i) for i in ids)
 
 
+def fake_serving(settings: Settings) -> Serving:
+    """A Serving over a FakeEngine (its own probe channel) and the tiny model's bundle."""
+    prepared = PreparedEngine("/models/tiny", INFO, {"truth": make_bundle("truth")}, {})
+    return Serving(settings, FakeEngine(), prepared, FakeTokenizer())
+
+
 @pytest.fixture
 def app_client() -> Any:
     settings = Settings(api_keys=[KEY], served_model_name="tiny", max_model_len=64, max_n=4)
-    prepared = PreparedEngine("/models/tiny", INFO, {"truth": make_bundle("truth")}, {})
-    engine = FakeEngine()
-    serving = Serving(settings, engine, prepared, FakeTokenizer())
+    serving = fake_serving(settings)
     with TestClient(create_app(settings, serving)) as c:
         c.headers["Authorization"] = f"Bearer {KEY}"
-        c.engine = engine  # type: ignore[attr-defined]
+        c.engine = serving.engine  # type: ignore[attr-defined]
         c.serving = serving  # type: ignore[attr-defined]
         yield c
 
@@ -140,8 +144,7 @@ def test_the_start_up_heap_is_frozen_once_the_engine_it_starts_is_up(monkeypatch
 
     def start(_settings: Settings) -> Serving:
         events.append("engine started")
-        return Serving(settings, FakeEngine(), PreparedEngine("/models/tiny", INFO, {"truth": make_bundle("truth")}, {}),
-                       FakeTokenizer())
+        return fake_serving(settings)
 
     monkeypatch.setattr(Serving, "start", staticmethod(start))
     monkeypatch.setattr(vllm.utils.gc_utils, "freeze_gc_heap", lambda: events.append("heap frozen"))
