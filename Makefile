@@ -44,7 +44,7 @@ model-gemma: install
 serve: model
 	$(BIN)/truthsteer serve
 
-# Re-train the shipped bundles (deterministic; needs ../shared/data).
+# Re-train the shipped bundles (deterministic; reads the repository's data/).
 directions: model
 	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
 	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors

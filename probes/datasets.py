@@ -6,8 +6,9 @@ to split so that test items never share an entity with training items.
 
 User files (``truthsteer probes train --dataset my.csv``) are CSV with a header or JSONL with one
 object per line, with the fields ``text`` and ``label`` (``1``/``0``, ``true``/``false``) and an
-optional ``group`` (rows without a group are their own group). The built-in datasets of
-``../shared/data`` are in :mod:`probes.sources`.
+optional ``group`` (rows without a group are their own group). The built-in datasets are in
+:mod:`probes.sources`; their files ship with the repository in ``data/`` (:func:`data_root`), and
+nothing outside that folder (or ``$TRUTHSTEER_DATA``) is ever read for them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from steering.errors import TruthsteerError
 
 DATA_ENV = "TRUTHSTEER_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DatasetError(TruthsteerError, ValueError):
@@ -57,15 +59,18 @@ class Dataset:
 
 
 def data_root() -> Path:
-    """``$TRUTHSTEER_DATA`` or the ``shared/data`` folder beside the checkout."""
+    """``$TRUTHSTEER_DATA`` if set, else the repository's own ``data/`` folder."""
     env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "shared" / "data", here / "data"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError(f"no data folder found; set {DATA_ENV}")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def display_path(path: Path) -> str:
+    """How bundle metadata cites a data file: relative to the repository (``data/...``) when the
+    file is inside it, else the path as given."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 _TRUE = {"1", "true", "yes"}

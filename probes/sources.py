@@ -1,4 +1,4 @@
-"""Loaders of the built-in datasets in ``../shared/data`` (see its README for origins and licenses).
+"""Loaders of the built-in datasets in the repository's ``data/`` (origins, licenses: data/README.md).
 
 =====================  ==================================================================  ========
 name                   contents (label 1 = positive class)                                 group
@@ -29,6 +29,7 @@ from probes.datasets import (
     _rows,
     concat,
     data_root,
+    display_path,
     generic_file,
     parse_label,
     require_columns,
@@ -69,7 +70,7 @@ def statements_csv(path: Path, name: str, license: str) -> Dataset:
         Example(str(r["statement"]), parse_label(r["correct"], f"{path}: row {i + 1}"), str(r.get("object_1", "")))
         for i, r in enumerate(rows)
     ]
-    return Dataset(name, ex, str(path), license)
+    return Dataset(name, ex, display_path(path), license)
 
 
 def qa_text(question: str, answer: str) -> str:
@@ -85,7 +86,7 @@ def mmlu_true_false(path: Path, name: str = "mmlu_true_false") -> Dataset:
     for i, r in enumerate(rows):
         text = str(r["statement"])
         ex.append(Example(text, parse_label(r["label"], f"{path}: row {i + 1}"), text.split("\nAnswer:")[0]))
-    return Dataset(name, ex, str(path), MMLU_LICENSE)
+    return Dataset(name, ex, display_path(path), MMLU_LICENSE)
 
 
 def truthfulqa(path: Path, name: str = "truthfulqa") -> Dataset:
@@ -99,7 +100,7 @@ def truthfulqa(path: Path, name: str = "truthfulqa") -> Dataset:
             for ans in str(r[col]).split(";"):
                 if ans.strip():
                     ex.append(Example(qa_text(q, ans), label, f"tqa:{i}"))
-    return Dataset(name, ex, str(path), TQA_LICENSE)
+    return Dataset(name, ex, display_path(path), TQA_LICENSE)
 
 
 def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:
@@ -132,7 +133,7 @@ def caa_ab(path: Path, name: str, license: str, tokenizer: object, strip_answer:
             q = q.removesuffix("Answer:").rstrip()
         for key, label in (("answer_matching_behavior", 1), ("answer_not_matching_behavior", 0)):
             ex.append(Example(chat_ab(q, _letter(item[key], f"{path}: row {i + 1}"), tokenizer), label, f"{name}:{i}"))
-    return Dataset(name, ex, str(path), license)
+    return Dataset(name, ex, display_path(path), license)
 
 
 def builtin_names() -> list[str]:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -227,3 +231,69 @@ def test_a_split_part_trains_on_one_side_and_heldout_measures_the_other(tmp_path
     assert len(parts[1].examples) == 50  # the unsplit part is used whole
     with pytest.raises(ds.DatasetError, match="trains on all of 'word_types'"):
         load_spec("heldout:mixed:word_types", FakeCtx(), 0, None)  # type: ignore[arg-type]
+
+
+_RECORDING: list[list[str]] = []  # the open() calls seen while a `recorded_opens` block runs
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _RECORDING and isinstance(args[0], str | bytes | os.PathLike):
+        _RECORDING[-1].append(os.fsdecode(args[0]))  # type: ignore[arg-type]
+
+
+@contextmanager
+def recorded_opens() -> Iterator[list[str]]:
+    """Every path opened inside the block (Python's "open" audit event: builtins.open, io.open,
+    Path.open / read_text, os.open, imports). An audit hook cannot be removed, so it is added
+    once and records only while a block is active."""
+    if _audit not in getattr(recorded_opens, "hooked", ()):
+        sys.addaudithook(_audit)
+        recorded_opens.hooked = (_audit,)  # type: ignore[attr-defined]
+    _RECORDING.append([])
+    try:
+        yield _RECORDING[-1]
+    finally:
+        _RECORDING.pop()
+
+
+def test_every_builtin_and_preset_dataset_reads_only_the_repository_data_folder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No reader looks beside the checkout (``../shared``): every built-in name, every preset's
+    datasets and the evaluation readers open files under the repository's ``data/`` only."""
+    from eval import data as ev
+    from probes.presets import PRESETS
+
+    monkeypatch.delenv(ds.DATA_ENV, raising=False)
+    data = (ds.REPO_ROOT / "data").resolve()
+    assert ds.data_root().resolve() == data
+    names = set(sources.builtin_names()) | {n for p in PRESETS.values() for n in (*p.train, *p.test)}
+    tok = FakeTokenizer()
+    with recorded_opens() as opened:
+        loaded = {n: sources.builtin(n, tok) for n in sorted(names)}
+        evals = [len(ev.truthfulqa(None)), len(ev.caa_sycophancy_test(None)), len(ev.anthropic_pools(None)),
+                 *(len(ev.caa_behaviour(b, None)) for b in ev.CAA_BEHAVIOURS), len(ev.neutral_texts(None)),
+                 len(ev.truth_heldout(None, None))]
+    files = {Path(p).resolve() for p in opened}
+    assert len(files) >= 20  # one per data file read, so the recording did see the loaders
+    assert sorted(str(f) for f in files if not f.is_relative_to(data)) == []
+    assert not any("shared" in f.parts for f in files)
+    assert all(n > 0 for n in evals)
+    for name, d in loaded.items():
+        assert d.examples, name
+        assert all(p.startswith("data/") for p in d.path.split(";")), (name, d.path)
+
+
+def test_bundle_metadata_cites_data_files_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ds.DATA_ENV, raising=False)
+    d = sources.builtin("cities")
+    assert d.path == "data/trilemma_of_truth/city_locations.csv"
+    assert (ds.REPO_ROOT / d.path).is_file()
+    assert (ds.REPO_ROOT / "data" / "trilemma_of_truth" / "LICENSE.data-CC-BY-4.0").is_file()
+    assert ds.display_path(Path("/elsewhere/x.csv")) == "/elsewhere/x.csv"
+
+
+def test_data_env_overrides_the_repository_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ds.DATA_ENV, str(tmp_path))
+    assert ds.data_root() == tmp_path
+    with pytest.raises(ds.DatasetError, match=f"{tmp_path}/trilemma_of_truth/city_locations.csv: no such file"):
+        sources.builtin("cities")
