@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ model-gemma: install
 
 serve: model
 	$(BIN)/truthsteer serve
+
+# Regenerate the computed truth domains in data/truth_domains/generated/ (seeded, byte-identical;
+# tests/unit/test_truthgen.py checks the committed files against a regeneration).
+truth-data: install
+	$(BIN)/python -m probes.truthgen
 
 # Re-train the shipped bundles (deterministic; reads the repository's data/).
 directions: model

@@ -8,7 +8,8 @@ group, so a group split never puts near-duplicates on both sides), ``domain`` th
 
 Files live in ``data/truth_domains/generated/`` (computed by :mod:`probes.truthgen`) and
 ``data/truth_domains/handwritten/`` (written by hand, origin in its ``PROVENANCE.md``); every
-``*.csv`` there is one domain, named by its stem. Both are the project's own data (Apache-2.0).
+``*.csv`` there is one domain, named by its stem. Both are the project's own data (Apache-2.0),
+except generated domains computed from licensed data (:data:`DERIVED_LICENSES`).
 Invariant: a file that loads has only valid rows; anything else raises :class:`DatasetError`
 naming the file and the row.
 """
@@ -33,6 +34,11 @@ from probes.datasets import (
 TRUTH_TYPES = ("definitional", "empirical", "logical", "fictional", "ethical")
 COLUMNS = ("text", "label", "group", "domain", "truth_type", "negated")
 PROJECT_LICENSE = "Apache-2.0 (truthsteer's own data)"
+# generated domains computed from licensed data keep that data's license
+DERIVED_LICENSES = {
+    "geography_relations": "CC-BY-4.0 (computed from trilemma-of-truth city_locations, Savcisens & "
+    "Eliassi-Rad 2025; GeoNames)",
+}
 DOMAIN_DIRS = ("generated", "handwritten")
 
 
@@ -76,14 +82,56 @@ def domain_csv(path: Path, name: str | None = None) -> Dataset:
             raise DatasetError(f"{where}: truth_type {r['truth_type']!r} is not one of {', '.join(TRUTH_TYPES)}")
         ex.append(Example(text, parse_label(r["label"], where), group, path.stem,
                           parse_flag(r["negated"], where), str(r["truth_type"])))
-    return Dataset(name or f"truth_{path.stem}", ex, display_path(path), PROJECT_LICENSE, common_truth_type(ex))
+    return Dataset(name or f"truth_{path.stem}", ex, display_path(path),
+                   DERIVED_LICENSES.get(path.stem, PROJECT_LICENSE), common_truth_type(ex))
 
 
-def write_rows(path: Path, rows: list[tuple[str, int, str, str, str, int]]) -> None:
-    """Write a truth-domain file byte-for-byte reproducibly (``\\n`` line ends, minimal quoting)."""
+def render(rows: list[tuple[str, int, str, str, str, int]]) -> str:
+    """A truth-domain file's text, reproducible byte for byte (``\\n`` line ends, minimal quoting)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
     w.writerows(rows)
+    return buf.getvalue()
+
+
+def write_rows(path: Path, rows: list[tuple[str, int, str, str, str, int]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    path.write_text(render(rows), encoding="utf-8")
+
+
+# -- vocabulary of the generated domains (probes.truthgen) ----------------------------------------
+
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December")
+WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+_ONES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+         "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
+_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
+
+
+def number_words(n: int) -> str:
+    """0 <= n < 1000 in British English words: ``144`` -> ``one hundred and forty-four``."""
+    if not 0 <= n < 1000:
+        raise ValueError(f"{n} is out of range 0..999")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + (f"-{_ONES[n % 10]}" if n % 10 else "")
+    rest = n % 100
+    return f"{_ONES[n // 100]} hundred" + (f" and {number_words(rest)}" if rest else "")
+
+
+# (affirmative, negated) clauses for the conditional domain: any two make a rule "if P then Q"
+CLAUSES = (
+    ("the alarm rings", "the alarm does not ring"), ("the lamp is on", "the lamp is not on"),
+    ("the road is wet", "the road is not wet"), ("Maria is at home", "Maria is not at home"),
+    ("the shop is open", "the shop is not open"), ("the battery is charged", "the battery is not charged"),
+    ("the door is locked", "the door is not locked"), ("the kettle is hot", "the kettle is not hot"),
+    ("the train is late", "the train is not late"), ("the match is cancelled", "the match is not cancelled"),
+    ("the plant gets water", "the plant does not get water"), ("the printer has paper", "the printer does not have paper"),
+    ("Tom passes the exam", "Tom does not pass the exam"), ("the dog barks", "the dog does not bark"),
+    ("the river floods", "the river does not flood"), ("the oven is on", "the oven is not on"),
+    ("the window is open", "the window is not open"), ("the phone rings", "the phone does not ring"),
+    ("the baby sleeps", "the baby does not sleep"), ("the light is green", "the light is not green"),
+)
