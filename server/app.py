@@ -98,17 +98,7 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
 
     @app.get("/v1/directions", dependencies=[auth])
     async def directions() -> DirectionList:
-        s = srv()
-        cards = [
-            DirectionCard(
-                name=b.name, kind=b.meta.kind, description=b.meta.description, layers=b.meta.layers,
-                recommended_layers=b.meta.recommended_layers, recommended_strength=b.meta.recommended_strength,
-                model=b.meta.model.name, probe_layer=b.meta.probe.layer if b.meta.probe else None,
-                metrics=b.meta.metrics,
-            )
-            for b in s.prepared.bundles.values()
-        ]
-        return DirectionList(data=cards)
+        return DirectionList(data=[DirectionCard.of(b) for b in srv().prepared.bundles.values()])
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from steering.bundle import DirectionBundle
 from steering.spec import SteeringOp
 
 
@@ -235,7 +236,29 @@ class DirectionCard(BaseModel):
     recommended_strength: float
     model: str
     probe_layer: int | None
+    probe_frame: dict[str, str] | None = Field(
+        default=None, description="how /v1/probes/score frames a text for this probe (name, kind, template); "
+        "null: the text as given")
     metrics: dict[str, float]
+    layer_auroc: dict[str, float] = Field(
+        default_factory=dict, description="held-out probe AUROC per layer (from the bundle's layer_stats)")
+    recommended_steering: list[dict[str, Any]] = Field(
+        default_factory=list, description="steering ops measured to help (usable as a request's `steering` "
+        "as is); the numbers behind them are in `metrics` (keys `recommended.*`)")
+    recommended_steering_notes: str = ""
+
+    @classmethod
+    def of(cls, b: DirectionBundle) -> DirectionCard:
+        m, probe = b.meta, b.meta.probe
+        frame = probe.frame if probe is not None and probe.frame is not None and probe.frame.kind != "raw" else None
+        return cls(
+            name=b.name, kind=m.kind, description=m.description, layers=m.layers,
+            recommended_layers=m.recommended_layers, recommended_strength=m.recommended_strength,
+            model=m.model.name, probe_layer=probe.layer if probe else None,
+            probe_frame=frame.model_dump() if frame else None, metrics=m.metrics,
+            layer_auroc={k: st.auroc for k, st in m.layer_stats.items() if st.auroc is not None},
+            recommended_steering=m.recommended_steering, recommended_steering_notes=m.recommended_steering_notes,
+        )
 
 
 class DirectionList(BaseModel):

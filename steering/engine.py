@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from steering.bundle import DirectionBundle, load_bundle
-from steering.errors import BundleError
+from steering.errors import BundleError, SpecError
 from steering.model_info import ModelInfo, describe
 from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
+from steering.spec import parse_ops, resolve
 from steering.vllm.config import WorkerConfig, digest_files
 
 CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
@@ -85,6 +86,20 @@ def directions_for(model: str | None, directions: Sequence[str | Path]) -> list[
     return [own] if own.is_dir() else []
 
 
+def check_recommendations(bundles: dict[str, DirectionBundle], num_layers: int) -> None:
+    """Every bundle's ``recommended_steering`` must pass the same validation as a request's
+    ``steering`` against the loaded bundles (directions, layers, strengths, ops); else the load fails
+    naming the file and the op."""
+    for b in bundles.values():
+        if not b.meta.recommended_steering:
+            continue
+        try:
+            resolve(parse_ops(b.meta.recommended_steering, "recommended_steering"), bundles, num_layers,
+                    param="recommended_steering")
+        except SpecError as e:
+            raise BundleError(f"{b.source}: {e.param}: {e}") from None
+
+
 def prepare(opts: EngineOptions) -> PreparedEngine:
     """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
     model = resolve_model(opts.model)
@@ -97,6 +112,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
         if b.name in bundles:
             raise BundleError(f"{f}: name: '{b.name}' also defined by {bundles[b.name].source}")
         bundles[b.name] = b
+    check_recommendations(bundles, info.num_layers)
     cpu = _on_cpu()
     kwargs: dict[str, Any] = {
         "model": model_path,
