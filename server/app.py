@@ -105,6 +105,7 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
                 recommended_layers=b.meta.recommended_layers, recommended_strength=b.meta.recommended_strength,
                 model=b.meta.model.name, probe_layer=b.meta.probe.layer if b.meta.probe else None,
                 metrics=b.meta.metrics,
+                layer_stats={k: v.model_dump() for k, v in b.meta.layer_stats.items()},
             )
             for b in s.prepared.bundles.values()
         ]
@@ -128,6 +129,11 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
     @app.post("/v1/probes/score", dependencies=[auth])
     async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
         return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
+
+    if settings.ui_enabled:  # the browser playground (static files, no auth: its API calls carry the key)
+        from server.ui import mount_ui
+
+        mount_ui(app)
 
     metrics_deps = [auth] if settings.metrics_require_auth else []
 

@@ -236,6 +236,9 @@ class DirectionCard(BaseModel):
     model: str
     probe_layer: int | None
     metrics: dict[str, float]
+    layer_stats: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="per layer (key: layer index): the bundle's norm, class means/stds and "
+        "held-out probe auroc/accuracy along the direction")
 
 
 class DirectionList(BaseModel):
