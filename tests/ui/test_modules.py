@@ -129,3 +129,19 @@ def test_token_colours_keep_dark_text_readable(page: Any) -> None:
     for c in colours["value"]:
         rgb = [float(x) for x in c[c.index("(") + 1:-1].split(",")]
         assert (lum(rgb) + 0.05) / (text + 0.05) >= 7, c
+
+
+def test_recommended_steering_button_loads_the_bundle_s_operations(page: Any) -> None:
+    card = {"name": "truth", "kind": "truth", "layers": list(range(30)), "recommended_layers": [16, 17, 18],
+            "recommended_strength": 1.0, "probe_layer": 17, "layer_stats": {"17": {"auroc": 0.8}},
+            "recommended_steering": [{"direction": "truth", "op": "add", "strength": 3, "layers": {"start": 12, "end": 15}}]}
+    bare = {**card, "name": "other", "recommended_steering": []}
+    got = call(page, "form.js", """(() => { m.initForm(args[0]);
+      const buttons = [...document.querySelectorAll('#recommended button')];
+      buttons[0].click();
+      return [buttons.map((b) => b.textContent), m.readForm({probes: null, decoding: null, abstain: null}).steer]; })()""",
+               [card, bare])
+    assert "error" not in got, got
+    names, steer = got["value"]
+    assert names == ["Recommended truth steering"]  # none for an empty list
+    assert steer == [{"direction": "truth", "op": "add", "strength": 3, "layers": [12, 13, 14]}]

@@ -67,6 +67,7 @@ def text_of(driver: Any, scope: str) -> str:
 
 def test_page_works_only_after_the_key_is_entered(server: str, artefacts: Path) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     with chromium() as d:  # a fresh tab: no key yet
         d.get(ui_url(server, prompt="Where is the city of Lyon?", max_tokens=4, autorun=1))
@@ -76,8 +77,8 @@ def test_page_works_only_after_the_key_is_entered(server: str, artefacts: Path) 
         screenshot(d, artefacts, "auth")
         d.find_element(By.ID, "api-key").send_keys("sk-wrong")
         d.find_element(By.ID, "auth-submit").click()
-        wait_css(d, "#auth-message", 10)
-        assert d.find_element(By.ID, "auth").is_displayed() and tokens(d) == []
+        WebDriverWait(d, 30).until(lambda d: "needs an API key" in d.find_element(By.ID, "auth-message").text)
+        assert d.find_element(By.ID, "auth").is_displayed() and tokens(d) == []  # the wrong key was refused
         d.find_element(By.ID, "api-key").send_keys(KEY)
         d.find_element(By.ID, "auth-submit").click()
         wait_done(d, "#generate-out .result", RUN_S)  # autorun goes on once the key works
@@ -103,7 +104,27 @@ def test_autorun_renders_one_element_per_token_with_the_api_scores(server: str, 
     assert {e.get_attribute("data-steered") for e in els} == {"true"}  # positions "all": every token
     assert {e.get_attribute("data-contrasted") for e in els} == {"false"}
     assert text_of(browser, "#generate-out").startswith(choice["message"]["content"])
+    # keyboard: focus the first token, the arrow key moves on and the tooltip shows every probe's score
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    els[0].send_keys(Keys.ARROW_RIGHT)
+    tip = browser.find_element(By.ID, "tip").text
+    assert "token 1" in tip and f"truth: {els[1].get_attribute('data-score-truth')}" in tip and "steered: true" in tip
     screenshot(browser, artefacts, "generate")
+
+
+def test_abstention_and_contrasted_tokens_are_shown(server: str, model: str, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, ui_url(server, prompt="Where is the city of Lyon?", max_tokens=6, temperature=0,
+                              probes="truth", decoding="dola:high", abstain="truth:1.01", autorun=1))
+    wait_done(browser, "#generate-out .result", RUN_S)
+    els = tokens(browser)
+    assert els and {e.get_attribute("data-contrasted") for e in els} == {"true"}
+    assert {e.get_attribute("data-steered") for e in els} == {"false"}
+    assert browser.find_element(By.CSS_SELECTOR, '#generate-out dd[data-field="finish reason"]').text == "abstained"
+    assert browser.find_element(By.CSS_SELECTOR, "#generate-out .abstained").is_displayed()
 
 
 def test_the_strength_slider_changes_the_output(server: str, browser: Any, artefacts: Path) -> None:
