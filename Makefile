@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check bench-quick eval eval-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -79,7 +79,7 @@ unit: install
 integration: model
 	$(BIN)/pytest -q tests/integration
 
-test: model lint prometheus-tools
+test: model lint prometheus-tools ui-tools
 	$(BIN)/pytest -q tests
 
 # prometheus + promtool for tests/deploy (Debian package). Best effort: where it cannot be
@@ -88,6 +88,13 @@ prometheus-tools:
 	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   prometheus >/dev/null) ) || echo "prometheus-tools: not installable here; tests/deploy will skip promtool checks"
+
+# headless Chromium + chromedriver for tests/ui (Debian packages; Selenium drives the system browser,
+# nothing is downloaded at test time). Best effort: where they cannot be installed, tests/ui skip.
+ui-tools:
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || (command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium chromium-driver >/dev/null) ) || echo "ui-tools: not installable here; tests/ui will skip"
 
 deploy-check: install prometheus-tools
 	$(BIN)/pytest -q tests/deploy -m "not engine"

@@ -119,6 +119,11 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
     async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
         return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
 
+    if settings.ui_enabled:  # the browser playground (static files, no auth: its API calls carry the key)
+        from server.ui import mount_ui
+
+        mount_ui(app)
+
     metrics_deps = [auth] if settings.metrics_require_auth else []
 
     @app.get("/metrics", dependencies=metrics_deps, include_in_schema=False)

@@ -240,8 +240,9 @@ class DirectionCard(BaseModel):
         default=None, description="how /v1/probes/score frames a text for this probe (name, kind, template); "
         "null: the text as given")
     metrics: dict[str, float]
-    layer_auroc: dict[str, float] = Field(
-        default_factory=dict, description="held-out probe AUROC per layer (from the bundle's layer_stats)")
+    layer_stats: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="per layer (key: layer index): the bundle's norm, class means/stds and "
+        "held-out probe auroc/accuracy along the direction")
     recommended_steering: list[dict[str, Any]] = Field(
         default_factory=list, description="steering ops measured to help (usable as a request's `steering` "
         "as is); the numbers behind them are in `metrics` (keys `recommended.*`)")
@@ -256,7 +257,7 @@ class DirectionCard(BaseModel):
             recommended_layers=m.recommended_layers, recommended_strength=m.recommended_strength,
             model=m.model.name, probe_layer=probe.layer if probe else None,
             probe_frame=frame.model_dump() if frame else None, metrics=m.metrics,
-            layer_auroc={k: st.auroc for k, st in m.layer_stats.items() if st.auroc is not None},
+            layer_stats={k: st.model_dump() for k, st in m.layer_stats.items()},
             recommended_steering=m.recommended_steering, recommended_steering_notes=m.recommended_steering_notes,
         )
 

@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(default_factory=list, description="empty: no authentication")
     metrics_require_auth: bool = False
+    ui_enabled: bool = Field(default=True, description="serve the browser playground at /ui (static files; "
+                             "its API calls need a key like any client)")
 
     # limits
     max_body_bytes: int = Field(default=1 << 20, ge=1024)

@@ -503,3 +503,34 @@ def test_body_limit_without_a_declared_length_and_request_metrics_of_a_stream(ap
     assert 'truthsteer_requests_total{endpoint="completions",status="200"} 2.0' in text
     assert 'truthsteer_request_duration_seconds_count{endpoint="completions"} 3.0' in text
     assert 'truthsteer_requests_in_flight{endpoint="completions"} 0.0' in text
+
+
+def test_stream_token_flags_are_per_token_and_sum_to_the_interventions(app_client: Any) -> None:
+    base = {"model": "tiny", "prompt": "abcd", "max_tokens": 3, "stream": True}
+
+    def stream_flags(**extra: Any) -> tuple[list[Any], list[Any], dict[str, Any]]:
+        with app_client.stream("POST", "/v1/completions", json={**base, **extra}) as r:
+            chunks = [json.loads(x[len("data: "):]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        steered = [f for ch in choices for f in ch["token_flags"]["steered"]]
+        contrasted = [f for ch in choices for f in ch["token_flags"]["contrasted"]]
+        return steered, contrasted, choices[-1]["interventions"]
+
+    # ungated: from the operations' positions; gated: the worker's flags (steered from step 1 on)
+    assert stream_flags(steering=[{"direction": "truth", "positions": "generated"}])[:2] == \
+        ([False, True, True], [False, False, False])
+    steered, contrasted, iv = stream_flags(steering=[{"direction": "truth", "gate": {"probe": "truth", "below": 0.5}}],
+                                           decoding={"method": "dola", "gate": {"probe": "truth", "below": 0.5}})
+    assert (steered, contrasted) == ([False, True, True], [True, False, True])  # fake worker: steps 0, 2 contrasted
+    assert iv == {"steered_tokens": sum(steered), "contrasted_tokens": sum(contrasted)}
+    assert stream_flags(decoding={"method": "dola", "entropy_threshold": 1.0})[1] == [None, None, None]
+    with app_client.stream("POST", "/v1/completions", json=base) as r:
+        plain = [json.loads(x[len("data: "):]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    assert all("token_flags" not in c["choices"][0] for c in plain)
+
+
+def test_directions_list_each_layers_stats(app_client: Any) -> None:
+    card = app_client.get("/v1/directions").json()["data"][0]
+    bundle = app_client.serving.prepared.bundles["truth"]
+    assert card["layer_stats"] == {k: v.model_dump() for k, v in bundle.meta.layer_stats.items()}
+    assert set(card["layer_stats"]) == {str(k) for k in bundle.meta.layers}

@@ -67,4 +67,4 @@ def test_direction_cards_carry_frame_layer_aurocs_and_recommendations(client: An
     assert card["recommended_steering"] == [{"direction": "truth", "strength": 2.0, "layers": [1, 2]}]
     assert card["recommended_steering_notes"] == "measured on toy data"
     assert card["metrics"]["recommended.switch_rate"] == 0.25
-    assert card["layer_auroc"] == {}  # the toy bundle's layer_stats record no AUROC
+    assert card["layer_stats"]["0"]["pos_mean"] == 1.5 and card["layer_stats"]["0"]["auroc"] is None
