@@ -4,9 +4,10 @@ Invariants:
 - only ``ready`` admits new generation requests; ``draining`` and ``dead`` refuse them with a 503
   (``shutting_down`` / ``engine_dead``), and ``/health`` answers 503 in every phase but ``ready``;
 - a drain ends (the HTTP server is told to stop, exit 0) when no request is in flight or when
-  ``shutdown_grace_s`` has passed; an engine death ends the process with exit code 1 once the
-  in-flight requests got their errors or ``engine_death_exit_s`` passed (unless
-  ``exit_on_engine_death`` is off);
+  ``shutdown_grace_s`` has passed; an engine death ends the process with exit code 1
+  ``engine_death_exit_s`` after it was noticed (time for in-flight requests to get their errors
+  and for new ones to get a 503 rather than a refused connection), unless ``exit_on_engine_death``
+  is off;
 - :meth:`Lifecycle.begin_drain` only sets attributes, so a signal handler may call it; every
   decision is taken by :meth:`Lifecycle.tick`, which the event loop runs (:meth:`Lifecycle.watch`).
 """
@@ -117,8 +118,7 @@ class Lifecycle:
             return
         waited = self.clock() - self._since
         done = (self.phase == "draining" and (self.in_flight == 0 or waited >= self.settings.shutdown_grace_s)) or (
-            self.phase == "dead" and self.settings.exit_on_engine_death
-            and (self.in_flight == 0 or waited >= self.settings.engine_death_exit_s))
+            self.phase == "dead" and self.settings.exit_on_engine_death and waited >= self.settings.engine_death_exit_s)
         if done:
             if self.in_flight:
                 log.warning("truthsteer: stopping with %d request(s) still in flight", self.in_flight)

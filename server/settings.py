@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     exit_on_engine_death: bool = Field(
         default=True, description="exit non-zero once the engine died (so compose / Kubernetes restart the "
         "server); off: stay up, answering 503, for debugging")
-    engine_death_exit_s: float = Field(default=2.0, ge=0, description="time in-flight requests get to receive "
-                                       "their error after the engine died, before the process exits")
+    engine_death_exit_s: float = Field(default=2.0, ge=0, description="after the engine died: seconds of 503s "
+                                       "(in-flight requests get their errors) before the process exits")
 
     # probes
     probe_flag_thresholds: dict[str, float] = Field(

@@ -50,7 +50,10 @@ def test_engine_death_ends_streams_with_an_error_event_then_refuses_with_json_50
         assert "truthsteer_engine_dead 1.0" in metrics
         assert "truthsteer_engine_dead_errors_total 3.0" in metrics  # the stream and the two refused
         app.state.lifecycle.tick(engine)
-        assert stops == [1]  # nothing in flight: the process is told to stop, exit code 1
+        assert stops == []  # 503s for engine_death_exit_s first
+        app.state.lifecycle._since -= settings.engine_death_exit_s
+        app.state.lifecycle.tick(engine)
+        assert stops == [1]  # then the process is told to stop, exit code 1
 
 
 def test_a_request_in_flight_when_the_engine_dies_gets_a_json_503() -> None:
@@ -100,7 +103,7 @@ def test_lifecycle_stops_after_a_drain_or_an_engine_death_as_configured() -> Non
         lc = Lifecycle(_settings(engine_death_exit_s=2, exit_on_engine_death=not stay_up), clock=lambda: now[0])
         died: list[int] = []
         lc.bind_stop(lambda lc=lc, died=died: died.append(lc.exit_code))  # type: ignore[misc]
-        lc.phase, lc.in_flight, now[0] = "ready", 1, 0.0
+        lc.phase, lc.in_flight, now[0] = "ready", 0, 0.0
         engine.errored = True
         lc.tick(engine)
         assert lc.refusal() is not None and died == []  # dead: refuses, waits for the in-flight one
