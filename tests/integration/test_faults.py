@@ -130,5 +130,5 @@ def test_schemathesis_with_every_check_finds_no_failure(small_server: str, tmp_p
     st = [sys.executable, "-m", "schemathesis.cli", "run", f"{small_server}/openapi.json", "--checks", "all",
           "--exclude-checks", ",".join(EXCLUDED_CHECKS), "--seed", "7", "--max-examples", "12",
           "--request-timeout", "120", "--workers", "1", "--no-color"]
-    out = subprocess.run(st, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(st, capture_output=True, text=True, timeout=1200, cwd=tmp_path)  # its .schemathesis/ there
     assert out.returncode == 0, out.stdout[-6000:]
