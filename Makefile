@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -109,6 +109,11 @@ bench: model
 
 bench-quick: model
 	$(BIN)/python -m bench.loadgen --quick
+
+# Mixed traffic through a real server (docs/deploy.md#soak); report in bench/results/soak-latest.*
+SOAK_MINUTES ?= 30
+soak: model
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
 eval: model
 	$(BIN)/python -m eval.run

@@ -11,9 +11,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.admission import Admission, AdmissionMiddleware, TrackedEngine
 from server.completions import collect, stream
 from server.errors import APIError, install_error_handlers
+from server.lifecycle import Lifecycle, guard_stream
 from server.middleware import BodyLimit, RequestMetrics
+from server.openapi import GENERATION, HEALTH, METADATA, install_openapi
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,8 +49,11 @@ def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
 
 
 def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
-    """Build the app; the engine starts in the lifespan unless a ``serving`` is injected."""
+    """Build the app; the engine starts in the lifespan unless a ``serving`` is injected.
+    ``app.state.lifecycle`` drains on SIGTERM and notices engine death (``server/lifecycle.py``)."""
     state: dict[str, Serving] = {}
+    lifecycle = Lifecycle(settings)
+    admission = Admission(settings, lifecycle)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -60,16 +66,22 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
             # objects) never becomes garbage; frozen, a full collection no longer walks it (310 ms
             # per collection unfrozen, measured, every stream stalled meanwhile; 0 ms frozen)
             freeze_gc_heap()
+        s.engine = TrackedEngine(s.engine, admission)
         state["serving"] = s
         _app.state.metrics = s.metrics
+        lifecycle.ready(s.metrics.registry)
+        watcher = asyncio.ensure_future(lifecycle.watch(s.engine))
         try:
             yield
         finally:
+            watcher.cancel()
             await s.close()
 
     app = FastAPI(title="truthsteer", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server with per-request truth/sycophancy steering")
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
+    install_openapi(app)
     auth = Depends(_auth(settings))
 
     def srv() -> Serving:
@@ -79,24 +91,29 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
 
     # pure ASGI (no per-chunk relay for streams); the last added is the outermost, so 413s are counted
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, admission=admission, paths=ENDPOINTS)
     app.add_middleware(RequestMetrics, endpoints=ENDPOINTS,
                        metrics=lambda: state["serving"].metrics if "serving" in state else None)
 
-    @app.get("/health")
+    @app.get("/health", responses=HEALTH)
     async def health() -> dict[str, str]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        refusal = lifecycle.refusal()
+        if refusal is not None:  # readiness drops while draining, liveness when the engine died
+            raise refusal
         try:
             await srv().engine.check_health()
         except EngineDeadError as e:
+            lifecycle.engine_died(str(e))
             raise APIError(503, f"engine is not healthy: {e}", type="service_unavailable", code="engine_dead") from e
         return {"status": "ok"}
 
-    @app.get("/v1/models", dependencies=[auth])
+    @app.get("/v1/models", dependencies=[auth], responses=METADATA)
     async def models() -> ModelList:
         return srv().models()
 
-    @app.get("/v1/directions", dependencies=[auth])
+    @app.get("/v1/directions", dependencies=[auth], responses=METADATA)
     async def directions() -> DirectionList:
         return DirectionList(data=[DirectionCard.of(b) for b in srv().prepared.bundles.values()])
 
@@ -104,18 +121,18 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
         s = srv()
         if req.stream:
             gen = await stream(s, req)
-            return StreamingResponse(gen, media_type="text/event-stream")
+            return StreamingResponse(guard_stream(gen, lifecycle), media_type="text/event-stream")
         return JSONResponse(await until_disconnect(request, collect(s, req)))
 
-    @app.post("/v1/completions", dependencies=[auth])
+    @app.post("/v1/completions", dependencies=[auth], responses=GENERATION)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 
-    @app.post("/v1/chat/completions", dependencies=[auth])
+    @app.post("/v1/chat/completions", dependencies=[auth], responses=GENERATION)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 
-    @app.post("/v1/probes/score", dependencies=[auth])
+    @app.post("/v1/probes/score", dependencies=[auth], responses=GENERATION)
     async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
         return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
 

@@ -7,12 +7,15 @@ or bundles (direction names, layers) happen in ``serving.py`` through ``steering
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steering.bundle import DirectionBundle
 from steering.spec import SteeringOp
+
+Text = Annotated[str, Field(min_length=1)]  # tokenises to no token when empty: a 400
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class _Req(BaseModel):
@@ -77,7 +80,7 @@ class _Common(_Req):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -111,13 +114,6 @@ class _Common(_Req):
             raise ValueError("must be a finite number")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
 
 class CompletionRequest(_Common):
     model_config = ConfigDict(
@@ -134,16 +130,9 @@ class CompletionRequest(_Common):
             ]
         },
     )
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
-            raise ValueError("must not be empty")
-        return v
 
 
 class ChatCompletionRequest(_Common):
@@ -158,7 +147,10 @@ class ChatCompletionRequest(_Common):
                     "steering": [{"direction": "truth", "strength": 4.0}],
                     "probes": ["truth"],
                 }
-            ]
+            ],
+            # what _top_logprobs_needs_logprobs enforces, stated in the schema
+            "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+            "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
         },
     )
     messages: list[ChatMessage] = Field(min_length=1)
@@ -184,7 +176,7 @@ class ProbeScoreRequest(_Req):
         },
     )
     model: str
-    input: str | list[str] = Field(description="text(s) to score; each is prefilled once, nothing is generated")
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(description="text(s) to score; each is prefilled once, nothing is generated")
     probes: list[str] | Literal["all"] = "all"
     reduce: Literal["last", "mean"] = Field(
         default="last", description="last: score of the last token (as the probes were trained); mean: over all tokens"

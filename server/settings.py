@@ -60,6 +60,22 @@ class Settings(BaseSettings):
     max_abs_strength: float = Field(default=64.0, gt=0)
     max_probe_inputs: int = Field(default=64, ge=1)
 
+    # admission control and lifecycle (server/admission.py, server/lifecycle.py)
+    max_queued_requests: int | None = Field(
+        default=256, ge=0, description="generation requests admitted but not started in the engine (no output "
+        "yet) beyond which new ones get a 429 with Retry-After; None: unbounded")
+    max_concurrent_per_key: int | None = Field(
+        default=None, ge=1, description="generation requests in flight per API key (bearer token); None: no limit")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="SIGTERM: /health and new requests answer 503 while in-flight requests "
+        "finish for at most this long; then the engine stops and the process exits 0")
+    exit_on_engine_death: bool = Field(
+        default=True, description="exit non-zero once the engine died (so compose / Kubernetes restart the "
+        "server); off: stay up, answering 503, for debugging")
+    engine_death_exit_s: float = Field(default=2.0, ge=0, description="after the engine died: seconds of 503s "
+                                       "(in-flight requests get their errors) before the process exits")
+
     # probes
     probe_flag_thresholds: dict[str, float] = Field(
         default_factory=dict,

@@ -78,11 +78,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.lifecycle import graceful_server
     from server.settings import load_settings
 
     settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    return 0
+    app = create_app(settings)
+    # SIGTERM drains (server/lifecycle.py); uvicorn's own wait afterwards is bounded too
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s / 2)))
+    graceful_server(config, app.state.lifecycle).run()
+    return int(app.state.lifecycle.exit_code)  # 1 after an engine death, so that supervisors restart it
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -46,7 +46,13 @@ class ProbeGate(BaseModel):
     """What a probe gate reads: a bundle's probe, a threshold on one side, smoothing and hold."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}],
+            # _one_side, stated in the schema: exactly one of below / above is a number
+            "oneOf": [{"properties": {"below": {"type": "number"}}, "required": ["below"]},
+                      {"properties": {"above": {"type": "number"}}, "required": ["above"]}],
+        },
     )
     probe: str = Field(description="name of a loaded bundle with a probe")
     below: float | None = Field(default=None, description="open while the score is below this")
