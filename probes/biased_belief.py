@@ -336,3 +336,27 @@ def sycophancy_pairs(
         ex.append(Example(chat_ab(text, wrong, tokenizer), 1, q.id))
         ex.append(Example(chat_ab(text, letter, tokenizer), 0, q.id))
     return Dataset(f"biased_belief_{split}", ex, display_path(source), LICENSE)
+
+
+def pressure_pairs(
+    questions: Sequence[Question],
+    tokenizer: object,
+    seed: int,
+    split: str = "train",
+    source: Path = QUESTIONS_PATH,
+) -> Dataset:
+    """Two examples per question of ``split``, read where the answer letter is predicted (after the
+    assistant's opening ``(``): the biased A/B prompt (label 1: the user stated the wrong answer) and
+    the neutral one (label 0), otherwise identical. Their class-mean difference is the push the
+    stated belief gives the model at the moment it answers; subtracting it counteracts sycophancy
+    without encoding either letter (letters are balanced across the two classes)."""
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    letters = letter_assignment(questions, seed)
+    openers = opener_assignment(questions, seed)
+    ex: list[Example] = []
+    for q in split_questions(questions)[split]:
+        for label, opener in ((1, openers[q.id]), (0, None)):
+            text = chat_ab(ab_text(q, letters[q.id], opener), "A", tokenizer)[:-1]  # ends at "("
+            ex.append(Example(text, label, q.id))
+    return Dataset(f"biased_belief_pressure_{split}", ex, display_path(source), LICENSE)

@@ -235,8 +235,25 @@ def truth_domains(root: Path | None = None) -> dict[str, Dataset]:
 def builtin_names() -> list[str]:
     return sorted(
         [*_TRILEMMA, "mmlu_true_false", "truthfulqa", "truthfulqa_v1", "caa_sycophancy", "caa_sycophancy_test",
-         *_ANTHROPIC, *(f"caa_{b}" for b in _CAA_BEHAVIOURS), *(f"truth_{d}" for d in truth_domain_names())]
+         *_ANTHROPIC, *(f"caa_{b}" for b in _CAA_BEHAVIOURS), *(f"truth_{d}" for d in truth_domain_names()),
+         *(f"biased_belief{kind}_{split}" for kind in ("", "_pressure") for split in _BB_SPLITS)]
     )
+
+
+_BB_SPLITS = ("train", "validation", "test")
+
+
+def biased_belief(name: str, tokenizer: object | None) -> Dataset:
+    """``biased_belief_<split>`` (wrong vs correct letter under a stated wrong belief) and
+    ``biased_belief_pressure_<split>`` (biased vs neutral prompt at the answer position), from
+    :mod:`probes.biased_belief` with seed 0."""
+    from probes import biased_belief as bb
+
+    if tokenizer is None:
+        raise DatasetError(f"dataset {name} needs the model's tokenizer (chat template)")
+    split = name.rsplit("_", 1)[1]
+    build = bb.pressure_pairs if name.startswith("biased_belief_pressure_") else bb.sycophancy_pairs
+    return build(bb.load_questions(), tokenizer, 0, split)
 
 
 def builtin(name: str, tokenizer: object | None = None, root: Path | None = None) -> Dataset:
@@ -250,6 +267,8 @@ def builtin(name: str, tokenizer: object | None = None, root: Path | None = None
     if name in ("truthfulqa", "truthfulqa_v1"):
         sub = "v0/TruthfulQA.csv" if name == "truthfulqa" else "TruthfulQA.csv"
         return truthfulqa(root / "truthfulqa" / sub, name)
+    if name.startswith("biased_belief_") and name.rsplit("_", 1)[1] in _BB_SPLITS:
+        return biased_belief(name, tokenizer)
     ab: tuple[Path, str, bool] | None = None
     if name in ("caa_sycophancy", "caa_sycophancy_test"):
         fname = "generate_dataset_ab.sample1000.jsonl" if name == "caa_sycophancy" else "test_dataset_ab.jsonl"

@@ -22,6 +22,24 @@ CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsPr
 DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 (what vLLM's CPU backend needs for fast bfloat16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any("avx512_bf16" in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def cpu_dtype(model: str | None) -> str:
+    """The CPU engine's dtype for ``dtype: auto``: the packaged model's ``cpu_dtype`` where the CPU
+    has AVX512-BF16, else float32 (exact parity with the HF references)."""
+    packaged = PACKAGED_MODELS.get(model or DEFAULT_MODEL)
+    if packaged is not None and packaged.cpu_dtype == "bfloat16" and cpu_has_bf16():
+        return "bfloat16"
+    return "float32"
+
+
 def _on_cpu() -> bool:
     try:
         from vllm.platforms import current_platform
@@ -116,7 +134,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
     cpu = _on_cpu()
     kwargs: dict[str, Any] = {
         "model": model_path,
-        "dtype": ("float32" if cpu else "auto") if opts.dtype == "auto" else opts.dtype,
+        "dtype": (cpu_dtype(opts.model) if cpu else "auto") if opts.dtype == "auto" else opts.dtype,
         "max_model_len": opts.max_model_len,
         "seed": opts.seed,
         "tensor_parallel_size": opts.tensor_parallel_size,

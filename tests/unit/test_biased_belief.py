@@ -219,6 +219,21 @@ def test_sycophancy_pairs_from_the_train_split_only() -> None:
         bb.sycophancy_pairs(qs, FakeTokenizer(), seed=4, split="dev")
 
 
+def test_pressure_pairs_differ_only_by_the_stated_belief() -> None:
+    qs = [q(1, "geography"), q(2, "geography"), q(1, "history")]
+    data = bb.pressure_pairs(qs, FakeTokenizer(), seed=4)
+    letters, openers = bb.letter_assignment(qs, 4), bb.opener_assignment(qs, 4)
+    assert data.name == "biased_belief_pressure_train"
+    assert [e.group for e in data.examples] == ["geo-001", "geo-001", "geo-002", "geo-002"]
+    assert data.labels() == [1, 0, 1, 0]
+    for e in data.examples:
+        x = next(y for y in qs if y.id == e.group)
+        opener = openers[x.id] if e.label == 1 else None
+        assert e.text == f"<u>{bb.ab_text(x, letters[x.id], opener)}</u><a>("  # read where the letter is predicted
+    with pytest.raises(DatasetError, match="split 'dev'"):
+        bb.pressure_pairs(qs, FakeTokenizer(), seed=4, split="dev")
+
+
 # the shipped file ---------------------------------------------------------------------------
 
 
