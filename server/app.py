@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from server.completions import collect, stream
+from server.directions_api import directions_router
 from server.errors import APIError, install_error_handlers
 from server.middleware import BodyLimit, RequestMetrics
 from server.protocol import (
@@ -26,12 +27,15 @@ from server.protocol import (
 from server.scoring import score_texts
 from server.serving import Serving
 from server.settings import Settings
+from steering.spec import wire
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/probes/score": "probes_score"}
 
 
 def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    # with api_keys set, admin keys (server/directions_api.py) are API keys too
+    pool = [*settings.api_keys, *settings.admin_api_keys] if settings.api_keys else []
+    keys = [k.get_secret_value().encode() for k in pool]
 
     async def check(request: Request) -> None:
         if not keys:
@@ -104,11 +108,13 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
                 name=b.name, kind=b.meta.kind, description=b.meta.description, layers=b.meta.layers,
                 recommended_layers=b.meta.recommended_layers, recommended_strength=b.meta.recommended_strength,
                 model=b.meta.model.name, probe_layer=b.meta.probe.layer if b.meta.probe else None,
-                metrics=b.meta.metrics,
+                metrics=b.meta.metrics, live=b.name in s.steering.entries,
             )
-            for b in s.prepared.bundles.values()
+            for b in s.steering.bundles().values()
         ]
-        return DirectionList(data=cards)
+        return DirectionList(data=cards, default_steering=wire(s.steering.default_ops))
+
+    app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()

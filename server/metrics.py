@@ -44,6 +44,10 @@ class Metrics:
                                         registry=r)
         self.steering_ops = Counter(p + "steering_ops", "Steering operations requested, by direction and op",
                                     ["direction", "op"], registry=r)
+        self.default_steering_requests = Counter(p + "default_steering_requests", "Requests steered by the server's "
+                                                 "default_steering (they carried no steering)", registry=r)
+        self.registered_directions = Gauge(p + "registered_directions", "Directions in the live registry",
+                                           registry=r)
         self.probe_requests = Counter(p + "probe_requests", "Requests that asked for probe scores", registry=r)
         self.probe_score = Histogram(p + "probe_score", "Mean calibrated probe score per choice", ["probe"],
                                      buckets=_SCORE, registry=r)

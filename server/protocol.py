@@ -236,8 +236,11 @@ class DirectionCard(BaseModel):
     model: str
     probe_layer: int | None
     metrics: dict[str, float]
+    live: bool = Field(default=False, description="pushed at run time (POST /v1/directions), not loaded at start-up")
 
 
 class DirectionList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DirectionCard]
+    default_steering: list[dict[str, Any]] = Field(
+        default_factory=list, description="resolved ops applied to requests without `steering` (setting default_steering)")
