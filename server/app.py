@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.activations import activations_router
 from server.completions import collect, stream
 from server.directions_api import directions_router
 from server.errors import APIError, install_error_handlers
@@ -115,6 +116,7 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
         return DirectionList(data=cards, default_steering=wire(s.steering.default_ops))
 
     app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
+    app.include_router(activations_router(settings, srv, auth))  # POST /v1/activations
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()

@@ -50,7 +50,7 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union")) or p in ("str", "list[str]")):
+        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union", "literal[", "list[")) or p in ("str", "int")):
             continue  # pydantic union-branch labels, not user-facing fields
         else:
             out += f".{p}" if out else str(p)

@@ -132,6 +132,7 @@ class Serving:
             prompt_contrast=settings.prompt_contrast,
             max_directions=settings.max_directions,
             max_inline=settings.inline_slots,
+            capture_rows=settings.activation_rows,
         )
         prepared = prepare(opts)
         metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))

@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     inline_slots: int = Field(default=64, ge=0, le=4096, description="inline vectors in flight over the server "
                               "(rows reserved in the vector tables); more is a 429")
 
+    activation_rows: int = Field(default=512, ge=0, le=65536, description="POST /v1/activations: positions captured "
+                                 "per step (buffers of num_layers x rows x hidden, 35 MB for the default model); "
+                                 "0 disables the endpoint")
+    max_activation_values: int = Field(default=1 << 22, ge=1, description="cap on layers x positions x hidden "
+                                       "per text of /v1/activations (413 above)")
+
     # probes
     probe_flag_thresholds: dict[str, float] = Field(
         default_factory=dict,

@@ -49,6 +49,7 @@ class EngineOptions:
     # rows reserved in the vector tables for the live registry and for inline vectors in flight
     max_directions: int = 0
     max_inline: int = 0
+    capture_rows: int = 0  # activation capture rows per step (0: no capture hooks)
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
 
 
@@ -124,6 +125,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             prompt_contrast=opts.prompt_contrast,
             max_directions=opts.max_directions,
             max_inline=opts.max_inline,
+            capture_rows=opts.capture_rows,
         )
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)

@@ -32,6 +32,8 @@ class WorkerConfig(BaseModel):
     # directions and requests' inline vectors in flight (steering/vllm/dynamic_rows.py)
     max_directions: int = Field(default=0, ge=0, le=1024)
     max_inline: int = Field(default=0, ge=0, le=4096)
+    # activation capture (POST /v1/activations): rows per step and layer; 0 = no capture hooks
+    capture_rows: int = Field(default=0, ge=0, le=65536)
     plugin_version: int = 3  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:

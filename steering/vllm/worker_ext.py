@@ -28,6 +28,11 @@ class TruthsteerWorkerExtension:
         runtime.dynamic.set_direction(int(slot), str(digest), [int(x) for x in layers], bytes(data))
         return True
 
+    def truthsteer_take_activations(self, capture_id: str) -> dict[str, Any] | None:
+        """The rows captured for ``capture_id`` (forgotten afterwards); ``None`` without capture."""
+        cap = getattr(self.model_runner, "truthsteer_capture", None)
+        return cap.take(capture_id) if cap is not None else None
+
     def truthsteer_decoding_stats(self) -> dict[str, Any] | None:
         """Counters of contrastive decoding on this worker (rows contrasted, sparse path in use)."""
         from steering.vllm.contrastive_lp import stats

@@ -18,6 +18,7 @@ import torch
 
 import steering.vllm.custom_op  # noqa: F401  (registers torch.ops.truthsteer.steer)
 from steering.bundle import DirectionBundle
+from steering.vllm.capture import ActivationCapture
 from steering.vllm.runtime import SteeringRuntime
 from steering.vllm.worker_ext import TruthsteerWorkerExtension
 from tests.unit.toy import H, Req, ToyModel, fake_runner
@@ -46,8 +47,10 @@ class ToyEngine:
         self.runtime = SteeringRuntime(self.model.layers, bundles, hidden_size=H, max_tokens=256,
                                        max_ops_per_layer=4, device=torch.device("cpu"), dtype=torch.float32,
                                        max_directions=max_directions, max_inline=max_inline)
+        # after the steering hooks, as the plugin installs it
+        self.capture = ActivationCapture(self.model.layers, H, 16, torch.device("cpu"), torch.float32)
         self.ext = TruthsteerWorkerExtension()
-        self.ext.model_runner = SimpleNamespace(truthsteer=self.runtime)
+        self.ext.model_runner = SimpleNamespace(truthsteer=self.runtime, truthsteer_capture=self.capture)
         self.embed = torch.randn(VOCAB, H, generator=torch.Generator().manual_seed(7))
         self.steps = steps
         self.requests: list[tuple[dict[str, Any], Any, str]] = []
@@ -60,9 +63,13 @@ class ToyEngine:
 
     def step(self, rid: str, ids: list[int], params: Any) -> str:
         req = Req(rid, n_prompt=len(ids), n_computed=0, n_sched=len(ids), extra=params.extra_args)
-        self.runtime.prepare_step(fake_runner([req]))
+        runner = fake_runner([req])
+        self.runtime.prepare_step(runner)
+        self.capture.prepare(runner.input_batch.req_ids, runner.requests, runner.query_start_loc.np,
+                             runner.input_batch.num_computed_tokens_cpu)
         with torch.inference_mode():
             out = self.model(self.embed[ids])
+        self.capture.collect()
         return float(out[-1].double().sum()).hex() + f"|{float(out[-1, 0]).hex()};"
 
     async def generate(self, prompt: dict[str, Any], params: Any, rid: str) -> AsyncIterator[Any]:
