@@ -326,6 +326,8 @@ class Serving:
                 seed = None if req.seed is None else req.seed + j
                 jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding,
                                                  vectors=steer.vectors), pid, i * req.n + j, pid, steer.lease))
+        if steer.lease is not None:
+            steer.lease.hold(len(jobs))
         self._count_request(ops, probes)
         if steer.default:
             self.metrics.default_steering_requests.inc()
@@ -383,6 +385,8 @@ class Serving:
         finally:
             if not finished:  # a client that went away, or an error: free the engine's slot
                 await self.engine.abort(job.request_id)
+            if job.lease is not None:  # after the abort: the engine no longer runs it
+                job.lease.drop()
             if sink is not None and self.receiver is not None and job.probe_id:
                 self.receiver.unregister(job.probe_id)
 

@@ -7,8 +7,8 @@ with. It owns:
   one of ``max_directions`` slots reserved in the worker's vector tables at start-up
   (:mod:`steering.vllm.dynamic_rows`). A slot is written by an engine RPC before its name becomes
   visible, and a slot is reused only when no unfinished request references it: a request holds a
-  :class:`Lease` on the slots it resolved against from the moment it is resolved until the lease
-  is released (explicitly or when the request's objects are dropped). A replaced or deleted
+  :class:`Lease` on the slots it resolved against from the moment it is resolved until its last
+  engine request has finished (or, for one that never ran, until its objects are dropped). A replaced or deleted
   direction therefore never changes under a running request, and since its ops carry the vectors'
   content digest, it never shares KV-cache blocks with the old one either.
 * **inline vectors** (``steering[i].vector``): per request, at most ``inline_slots`` of them in
@@ -40,13 +40,21 @@ Rpc = Callable[..., Awaitable[Any]]
 
 
 class Lease:
-    """Slots and inline capacity held by one request; released once (explicitly or when dropped)."""
+    """Slots and inline capacity held by one request's engine requests: released once, when the
+    last holder drops it (``Serving.generate`` of each job), or when the lease is garbage (a job
+    that never ran)."""
 
     def __init__(self, release: Callable[[], None]) -> None:
         self._fin = weakref.finalize(self, release)
+        self._holders = 1
 
-    def release(self) -> None:
-        self._fin()
+    def hold(self, holders: int) -> None:
+        self._holders = holders
+
+    def drop(self) -> None:
+        self._holders -= 1
+        if self._holders <= 0:
+            self._fin()
 
 
 @dataclass

@@ -6,6 +6,7 @@ the exact steered output of every step: two requests steer identically iff their
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import random
@@ -31,6 +32,16 @@ KEY, ADMIN = "sk-user", "sk-admin"
 TRUTH = make_bundle("truth", seed=3, probe=False)
 OTHER = make_bundle("other", seed=4, probe=False)
 ON = {"layers": [1, 2], "strength": 2.0}
+
+
+def finish(s: Serving, plan: Any) -> None:
+    """Run a built plan's engine requests to the end (what a completion route does)."""
+    async def drain() -> None:
+        for job in plan.jobs:
+            async for _ in s.generate(job, [], "completions"):
+                pass
+
+    asyncio.run(drain())
 
 
 def client(**settings: Any) -> TestClient:
@@ -115,8 +126,7 @@ def test_registry_capacity_and_slots_held_by_unfinished_requests(tmp_path: Path)
         c.delete("/v1/directions/a")  # the unfinished request still holds slot 0
         held = c.post("/v1/directions", json=upload(renamed(OTHER, "b"), tmp_path))
         assert held.status_code == 409 and held.json()["error"]["code"] == "registry_full"
-        del plan
-        gc.collect()
+        finish(s, plan)
         assert c.post("/v1/directions", json=upload(renamed(OTHER, "b"), tmp_path)).status_code == 200
     with client(max_directions=0) as off:
         r = off.post("/v1/directions", json=upload(renamed(TRUTH, "a"), tmp_path))
@@ -130,9 +140,12 @@ def test_inline_vectors_in_flight_are_capped() -> None:
         r = complete(c, [inline(OTHER)])
         assert r.status_code == 429 and r.json()["error"]["code"] == "inline_capacity"
         assert r.json()["error"]["param"] == "steering"
-        del plan
-        gc.collect()
+        finish(s, plan)
         assert complete(c, [inline(OTHER)]).status_code == 200
+        assert s.steering.inline_in_flight == 0
+        long = complete(c, [inline(OTHER)], prompt="x" * 70)  # rejected after its vectors were admitted
+        assert long.status_code == 400 and long.json()["error"]["code"] == "context_length_exceeded"
+        gc.collect()
         assert s.steering.inline_in_flight == 0
 
 
