@@ -15,7 +15,8 @@ ask for; after the pass, :meth:`collect` files the rows under the request's capt
 and layer (chunked prefills arrive over several steps). The API process takes a finished
 request's rows with the worker-extension RPC ``truthsteer_take_activations``.
 
-Invariants: at most ``max_rows`` rows per step (the API admits at most that many positions in
+Invariants: rows past this step's are 0, a valid token index (accelerators copy every row, so
+that a captured CUDA graph stays valid); at most ``max_rows`` rows per step (the API admits at most that many positions in
 flight); rows are filed by the id the API chose, never by batch order; a request's rows are kept
 until taken, and at most ``MAX_PENDING`` requests' rows are kept at all (oldest dropped).
 """
@@ -88,6 +89,7 @@ class ActivationCapture:
         self._specs: dict[str, CaptureSpec | None] = {}
         self._step: list[tuple[CaptureSpec, int, int]] = []  # (spec, buffer row, position)
         self._on: set[int] = set()
+        self._prev_n = 0
         self._results: OrderedDict[str, dict[int, dict[int, np.ndarray]]] = OrderedDict()
         self.dropped = 0
 
@@ -127,6 +129,9 @@ class ActivationCapture:
             wanted.update(spec.layers)
         if n:
             self.rows[:n].copy_(torch.from_numpy(self._rows_np[:n]))
+        if self._prev_n > n:  # accelerators copy every row: keep the unused ones valid token indices
+            self.rows[n:self._prev_n].zero_()
+        self._prev_n = n
         wanted = {k for k in wanted if k in self.outs} if n else set()
         for k in wanted | self._on:
             self.active[k].fill_(n if k in wanted else 0)

@@ -139,3 +139,16 @@ def test_probe_extraction_through_the_server_matches_the_engines_stream() -> Non
     for i, text in enumerate(texts):
         ref = streams(ToyModel(), engine_embed[[ord(ch) for ch in text]])
         assert torch.equal(acts[i], torch.stack([s[-1] for s in ref]).detach())
+
+
+def test_unused_capture_rows_point_at_token_zero() -> None:
+    """On accelerators the op copies every row: rows left from a longer step must stay valid."""
+    model = ToyModel()
+    cap = ActivationCapture(model.layers, H, 8, torch.device("cpu"), torch.float32)
+    extra = {EXTRA_ARGS_KEY: {"capture": {"id": "c", "layers": [0], "positions": [0, 1, 2, 3, 4]}}}
+    for reqs, expected in (([Req("a", 5, 0, 5, extra=extra)], [0, 1, 2, 3, 4, 0, 0, 0]),
+                           ([Req("b", 5, 4, 1, extra=extra)], [0, 0, 0, 0, 0, 0, 0, 0])):
+        runner = fake_runner(reqs)
+        cap.prepare(runner.input_batch.req_ids, runner.requests, runner.query_start_loc.np,
+                    runner.input_batch.num_computed_tokens_cpu)
+        assert cap.rows.tolist() == expected
