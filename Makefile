@@ -113,6 +113,7 @@ bench: model
 	$(BIN)/python -m bench.steering
 	$(BIN)/python -m bench.http_probes
 	$(BIN)/python -m bench.dola
+	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.loadgen
 
 bench-quick: model

@@ -147,7 +147,10 @@ def cached_activations(
     if path.is_file():
         acts: torch.Tensor = load_file(str(path))["acts"]
         return acts
-    acts = last_token_activations(model, tok, texts, batch_size)
+    if hasattr(model, "last_token"):  # probes.remote.ServerExtractor: through a running server
+        acts = model.last_token(tok, texts, batch_size)
+    else:
+        acts = last_token_activations(model, tok, texts, batch_size)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     save_file({"acts": acts.contiguous()}, str(tmp))

@@ -11,8 +11,10 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.activations import activations_router
 from server.admission import Admission, AdmissionMiddleware, TrackedEngine
 from server.completions import collect, stream
+from server.directions_api import directions_router
 from server.errors import APIError, install_error_handlers
 from server.lifecycle import Lifecycle, guard_stream
 from server.middleware import BodyLimit, RequestMetrics
@@ -29,12 +31,15 @@ from server.protocol import (
 from server.scoring import score_texts
 from server.serving import Serving
 from server.settings import Settings
+from steering.spec import wire
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/probes/score": "probes_score"}
 
 
 def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    # with api_keys set, admin keys (server/directions_api.py) are API keys too
+    pool = [*settings.api_keys, *settings.admin_api_keys] if settings.api_keys else []
+    keys = [k.get_secret_value().encode() for k in pool]
 
     async def check(request: Request) -> None:
         if not keys:
@@ -115,7 +120,12 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
 
     @app.get("/v1/directions", dependencies=[auth], responses=METADATA)
     async def directions() -> DirectionList:
-        return DirectionList(data=[DirectionCard.of(b) for b in srv().prepared.bundles.values()])
+        s = srv()
+        cards = [DirectionCard.of(b, live=b.name in s.steering.entries) for b in s.steering.bundles().values()]
+        return DirectionList(data=cards, default_steering=wire(s.steering.default_ops))
+
+    app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
+    app.include_router(activations_router(settings, srv, auth))  # POST /v1/activations
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()

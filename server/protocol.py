@@ -232,6 +232,7 @@ class DirectionCard(BaseModel):
         default=None, description="how /v1/probes/score frames a text for this probe (name, kind, template); "
         "null: the text as given")
     metrics: dict[str, float]
+    live: bool = Field(default=False, description="pushed at run time (POST /v1/directions), not loaded at start-up")
     layer_stats: dict[str, dict[str, float | None]] = Field(
         default_factory=dict, description="per layer (key: layer index): the bundle's norm, class means/stds and "
         "held-out probe auroc/accuracy along the direction")
@@ -241,7 +242,7 @@ class DirectionCard(BaseModel):
     recommended_steering_notes: str = ""
 
     @classmethod
-    def of(cls, b: DirectionBundle) -> DirectionCard:
+    def of(cls, b: DirectionBundle, live: bool = False) -> DirectionCard:
         m, probe = b.meta, b.meta.probe
         frame = probe.frame if probe is not None and probe.frame is not None and probe.frame.kind != "raw" else None
         return cls(
@@ -251,9 +252,12 @@ class DirectionCard(BaseModel):
             probe_frame=frame.model_dump() if frame else None, metrics=m.metrics,
             layer_stats={k: st.model_dump() for k, st in m.layer_stats.items()},
             recommended_steering=m.recommended_steering, recommended_steering_notes=m.recommended_steering_notes,
+            live=live,
         )
 
 
 class DirectionList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DirectionCard]
+    default_steering: list[dict[str, Any]] = Field(
+        default_factory=list, description="resolved ops applied to requests without `steering` (setting default_steering)")

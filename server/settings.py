@@ -75,6 +75,24 @@ class Settings(BaseSettings):
         "server); off: stay up, answering 503, for debugging")
     engine_death_exit_s: float = Field(default=2.0, ge=0, description="after the engine died: seconds of 503s "
                                        "(in-flight requests get their errors) before the process exits")
+    # steering beyond the start-up bundles (server/steering_state.py)
+    default_steering: list[dict[str, Any]] | None = Field(
+        default=None, description="steering ops applied to requests without `steering` (`\"steering\": []` opts "
+        "out); JSON list like a request's, naming start-up bundles")
+    max_directions: int = Field(default=8, ge=0, le=1024, description="live registry slots (POST /v1/directions), "
+                                "reserved in the vector tables at start-up; 0 disables the registry")
+    admin_api_keys: list[SecretStr] = Field(default_factory=list, description="keys that may change the registry "
+                                            "(also valid API keys); none and no api_keys: the registry is open")
+    max_inline_vectors: int = Field(default=4, ge=0, le=16, description="inline vectors per request; 0 refuses them")
+    max_inline_norm: float = Field(default=1e4, gt=0, description="cap on an inline vector's L2 norm per layer")
+    inline_slots: int = Field(default=64, ge=0, le=4096, description="inline vectors in flight over the server "
+                              "(rows reserved in the vector tables); more is a 429")
+
+    activation_rows: int = Field(default=512, ge=0, le=65536, description="POST /v1/activations: positions captured "
+                                 "per step (buffers of num_layers x rows x hidden, 35 MB for the default model); "
+                                 "0 disables the endpoint")
+    max_activation_values: int = Field(default=1 << 22, ge=1, description="cap on layers x positions x hidden "
+                                       "per text of /v1/activations (413 above)")
 
     # probes
     probe_flag_thresholds: dict[str, float] = Field(

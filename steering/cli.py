@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--model", default=None)
     di.add_argument("--out", required=True)
     di.set_defaults(func=_import_gguf)
+    from steering.push_cli import add_parsers as add_push
+
+    add_push(dsub)  # push / delete on a running server
     de = dsub.add_parser("export-gguf", help="bundle -> llama.cpp control vector")
     de.add_argument("bundle")
     de.add_argument("out")

@@ -65,6 +65,10 @@ class EngineOptions:
     # echo scoring under ``decoding`` (contrasted prompt logprobs): stash memory num_layers x
     # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/vllm/stash.py
     prompt_contrast: bool = True
+    # rows reserved in the vector tables for the live registry and for inline vectors in flight
+    max_directions: int = 0
+    max_inline: int = 0
+    capture_rows: int = 0  # activation capture rows per step (0: no capture hooks)
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
 
 
@@ -153,6 +157,9 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             max_ops_per_layer=opts.max_ops_per_layer,
             force=opts.force,
             prompt_contrast=opts.prompt_contrast,
+            max_directions=opts.max_directions,
+            max_inline=opts.max_inline,
+            capture_rows=opts.capture_rows,
         )
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)

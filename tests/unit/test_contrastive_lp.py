@@ -20,7 +20,7 @@ from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor, premature_l
 from steering.vllm.runtime import SteeringRuntime
 from steering.vllm.stash import HiddenStash, parse_decoding_request
 from tests.unit.helpers import make_bundle
-from tests.unit.test_runtime import H, L, Req, ToyModel, fake_runner
+from tests.unit.toy import H, L, Req, ToyModel, fake_runner
 
 V = 11
 DOLA = ResolvedDecoding("dola", (1, 3), alpha=0.2)
