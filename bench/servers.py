@@ -72,10 +72,11 @@ class Server:
         raise RuntimeError(f"{name} did not become healthy in {timeout:.0f} s (log: {log.name})")
 
     @classmethod
-    def truthsteer(cls, port: int | None = None) -> Server:
+    def truthsteer(cls, port: int | None = None, env: dict[str, str] | None = None) -> Server:
+        """``truthsteer serve``; ``env``: more ``TRUTHSTEER_*`` settings (model, dtype, ...)."""
         port = port or free_port()
         return cls.start("truthsteer", [sys.executable, "-m", "steering.cli", "serve"], port,
-                         {"TRUTHSTEER_PORT": str(port)})
+                         {**(env or {}), "TRUTHSTEER_PORT": str(port)})
 
     @classmethod
     def plain_vllm(cls, port: int | None = None) -> Server:

@@ -118,6 +118,8 @@ def _preset_size(p: argparse.ArgumentParser) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF folder or packaged alias (default: bundled SmolLM2)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="extraction dtype: match the server's (bfloat16 ~4x faster on AVX512-BF16 CPUs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--server", default=None, help="extract through a running server's /v1/activations (URL; "
@@ -129,11 +131,12 @@ class _Ctx:
     """The model, tokenizer and fingerprint, loaded once per command."""
 
     def __init__(self, model: str | None, batch_size: int, max_per_dataset: int | None = None,
-                 server: str | None = None, key: str | None = None) -> None:
+                 server: str | None = None, key: str | None = None, dtype: str = "float32") -> None:
         folder = resolve_model(model)
         self.max_per_dataset = max_per_dataset  # overrides the presets' own subsample size
         self.info: ModelInfo = describe(folder)
-        self.cache_key = self.info.fingerprint + ("-server" if server else "")
+        # caches of another source or dtype are other files (local float32 keeps the historical keys)
+        self.cache_key = self.info.fingerprint + ("-server" if server else "") + ("" if dtype == "float32" else f"-{dtype}")
         if server:
             from transformers import AutoTokenizer
 
@@ -142,7 +145,7 @@ class _Ctx:
             self.tok = AutoTokenizer.from_pretrained(str(folder))
             self.model: Any = ServerExtractor(server, key, self.info.num_layers)
         else:
-            self.model, self.tok = load_hf(folder)
+            self.model, self.tok = load_hf(folder, getattr(torch, dtype))
         self.bs = batch_size
 
         self.known: dict[str, torch.Tensor] = {}  # text -> activations already loaded in this command
@@ -232,7 +235,7 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
 
 
 def _train(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key)
+    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key, dtype=args.dtype)
     preset: Preset | None = None
     if args.preset:
         preset = PRESETS[args.preset]
@@ -273,7 +276,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key, args.dtype)
     bundle = load_bundle(args.bundle, ctx.info)
     results = []
     for spec in args.dataset.split(","):
@@ -293,7 +296,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key, args.dtype)
     splits = []
     for spec in args.datasets.split(","):
         data = load_spec(spec, ctx, args.seed, args.max_items)
@@ -319,7 +322,7 @@ def _curve(args: argparse.Namespace) -> int:
     from probes.curve import learning_curve
     from probes.curve import write as write_curve
 
-    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key)
+    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key, dtype=args.dtype)
     train_set, test_set = (load_spec(s, ctx, args.seed, 0) for s in (args.dataset, args.test_dataset))
     ds.check_trainable(train_set)
     x, y = ctx.acts(train_set)

@@ -77,8 +77,6 @@ def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> No
     model, tok = load_hf(resolve_model(alias))
     texts = [*sources.builtin("caa_sycophancy_test", tok).texts()[:2], "The city of Paris is in France.",
              "The city of Paris is in Japan."]
-    acts = last_token_activations(model, tok, texts, batch_size=2, progress=False)
-    del model
     r = httpx.post(f"{base}/v1/probes/score", json={"model": SERVED, "input": texts}, headers=_auth(), timeout=600)
     assert r.status_code == 200, r.text
     got = r.json()["data"]
@@ -86,6 +84,9 @@ def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> No
     assert set(bundles) == _shipped(alias)
     for name, b in bundles.items():
         assert b.meta.probe is not None
+        frame = b.meta.probe.frame  # a probe trained inside a frame is scored inside it
+        framed = [frame.apply(t, tok) for t in texts] if frame is not None else texts
+        acts = last_token_activations(model, tok, framed, batch_size=2, progress=False)
         w, bias = folded_probe(b)
         want = torch.sigmoid(acts[:, b.meta.probe.layer] @ w + bias).tolist()
         assert [d["scores"][name] for d in got] == pytest.approx(want, abs=2e-3), name

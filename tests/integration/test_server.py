@@ -203,7 +203,6 @@ def test_extracted_activations_give_the_servers_probe_scores(server: str) -> Non
     model, tok = load_hf(resolve_model(None))
     items = sources.builtin("caa_sycophancy_test", tok).texts()[:4]  # two items, (A and (B each
     texts = [*items, "The city of Paris is in France."]
-    acts = last_token_activations(model, tok, texts, batch_size=2, progress=False)
     r = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": texts}, headers=_auth(), timeout=300)
     assert r.status_code == 200, r.text
     got = r.json()["data"]
@@ -211,6 +210,9 @@ def test_extracted_activations_give_the_servers_probe_scores(server: str) -> Non
     for name in ("truth", "sycophancy"):
         b = bundles[name]
         assert b.meta.probe is not None
+        frame = b.meta.probe.frame  # a probe trained inside a frame is scored inside it
+        framed = [frame.apply(t, tok) for t in texts] if frame is not None else texts
+        acts = last_token_activations(model, tok, framed, batch_size=2, progress=False)
         w, bias = folded_probe(b)
         want = torch.sigmoid(acts[:, b.meta.probe.layer] @ w + bias).tolist()
         assert [d["scores"][name] for d in got] == pytest.approx(want, abs=2e-3), name
