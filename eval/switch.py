@@ -13,7 +13,7 @@ split; choosing among them is the caller's business and must use a split other t
 reported (topics are disjoint between splits).
 
     python -m eval.switch --base http://127.0.0.1:8000 --tokenizer qwen2.5-coder-1.5b-instruct \
-        --split train --sweep --out eval/results/switch-qwen/train
+        --split train --sweep sycophancy --out eval/results/switch-qwen/train
 """
 
 from __future__ import annotations
@@ -56,17 +56,20 @@ def summarise(config: str, form: str, neutral: Sequence[bool], biased: Sequence[
                         bb.accuracy_drop(neutral, biased), bb.switch_rate(neutral, biased))
 
 
-def candidates(layers: Sequence[int], num_layers: int) -> dict[str, list[dict[str, Any]]]:
-    """Interventions along the ``sycophancy`` direction: subtract it (several strengths) at the
-    bundle's recommended layers and at a wider band, ablate it, clamp it to the non-sycophantic mean."""
-    lo, hi = min(layers), max(layers) + 1
-    wide = {"start": max(0, lo - 3), "end": min(num_layers, hi + 3)}
+def candidates(cards: Sequence[dict[str, Any]], directions: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Interventions along each named direction (its ``/v1/directions`` card): subtract it at the
+    bundle's recommended layers (strengths 2, 4, 8) and over a band 3 layers wider on each side
+    (strength 4), and ablate it over that band."""
     out: dict[str, list[dict[str, Any]]] = {"none": []}
-    for s in (2.0, 4.0, 8.0):
-        out[f"add -{s:g} rec"] = [{"direction": "sycophancy", "op": "add", "strength": -s}]
-        out[f"add -{s:g} wide"] = [{"direction": "sycophancy", "op": "add", "strength": -s, "layers": wide}]
-    out["ablate wide"] = [{"direction": "sycophancy", "op": "ablate", "layers": wide}]
-    out["clamp wide"] = [{"direction": "sycophancy", "op": "clamp", "layers": wide}]
+    by_name = {c["name"]: c for c in cards}
+    for name in directions:
+        card = by_name[name]
+        rec, num = card["recommended_layers"], len(card["layers"])
+        wide = {"start": max(0, min(rec) - 3), "end": min(num, max(rec) + 4)}
+        for s in (2.0, 4.0, 8.0):
+            out[f"{name} -{s:g} rec"] = [{"direction": name, "op": "add", "strength": -s}]
+        out[f"{name} -4 wide"] = [{"direction": name, "op": "add", "strength": -4.0, "layers": wide}]
+        out[f"{name} ablate wide"] = [{"direction": name, "op": "ablate", "layers": wide}]
     return out
 
 
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--base", required=True, help="URL of a running truthsteer server")
     ap.add_argument("--tokenizer", default=None, help="HF folder or packaged alias (chat template)")
     ap.add_argument("--split", choices=bb.SPLITS, required=True)
-    ap.add_argument("--sweep", action="store_true", help="every candidate intervention (else none + --steering)")
+    ap.add_argument("--sweep", default=None, help="comma-separated directions whose candidate interventions to "
+                    "run (else none + --steering / --recommended)")
     ap.add_argument("--steering", default=None, help="JSON steering list to compare with none")
     ap.add_argument("--recommended", action="store_true",
                     help="also the sycophancy bundle's recommended_steering, as served by /v1/directions")
@@ -150,14 +154,15 @@ def main(argv: list[str] | None = None) -> int:
     questions = bb.split_questions(bb.load_questions())[args.split][: args.limit]
     model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
     cards = httpx.get(f"{args.base}/v1/directions", timeout=30).json()["data"]
-    syc = next(c for c in cards if c["name"] == "sycophancy")
-    configs = candidates(syc["recommended_layers"], len(syc["layers"])) if args.sweep else {"none": []}
+    configs = candidates(cards, args.sweep.split(",")) if args.sweep else {"none": []}
     if args.steering:
         configs["given"] = json.loads(args.steering)
     if args.recommended:
-        if not syc["recommended_steering"]:
-            raise SystemExit("the served sycophancy bundle has no recommended_steering")
-        configs["recommended"] = syc["recommended_steering"]
+        rec = [c for c in cards if c["kind"] == "sycophancy" and c["recommended_steering"]]
+        if not rec:
+            raise SystemExit("no served sycophancy bundle has a recommended_steering")
+        for c in rec:
+            configs[f"recommended ({c['name']})"] = c["recommended_steering"]
     t0 = time.time()
     api = Api(args.base, model, concurrency=args.concurrency)
 

@@ -49,6 +49,8 @@ def add_parser(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--frames", default=",".join(FRAMES), help=f"comma-separated frames ({', '.join(FRAMES)})")
     p.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated recipes")
     p.add_argument("--domains", default=None, help="comma-separated truth domains (default: all)")
+    p.add_argument("--layers", default=None, help="comma-separated candidate layers (default: a grid over "
+                   "35-85%% of the depth)")
     p.add_argument("--max-per-domain", type=int, default=400, help="seeded subsample of whole groups")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
@@ -90,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     domains: dict[str, list[DomainData]] = {}
     for frame in args.frames.split(","):
         domains[frame] = domain_data(data, frame, store, model, tok, args.batch_size)
-        results[frame] = search(domains[frame], recipes, layer_grid(info.num_layers), args.seed)
+        grid = [int(k) for k in args.layers.split(",")] if args.layers else layer_grid(info.num_layers)
+        results[frame] = search(domains[frame], recipes, grid, args.seed)
         top = results[frame][0]
         print(f"frame {frame}: {top.recipe} @ {top.label}: LODO val {top.val.mean():.3f}, "
               f"test {top.test.mean():.3f} (pooled {top.test.pooled() or float('nan'):.3f})", flush=True)
