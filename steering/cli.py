@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--model", default=None)
     di.add_argument("--out", required=True)
     di.set_defaults(func=_import_gguf)
+    from steering.recommend_cli import add_parser as add_recommend
+
+    add_recommend(dsub)
     from steering.push_cli import add_parsers as add_push
 
     add_push(dsub)  # push / delete on a running server
