@@ -44,7 +44,13 @@ class Api:
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         async with self._sem:
-            r = await self._client.post(f"{self.base}{path}", json={"model": self.model, **body})
+            for attempt in range(3):  # a keep-alive connection the server closed meanwhile: send again
+                try:
+                    r = await self._client.post(f"{self.base}{path}", json={"model": self.model, **body})
+                    break
+                except (httpx.ReadError, httpx.RemoteProtocolError):
+                    if attempt == 2:
+                        raise
         if 400 <= r.status_code < 500:
             raise Unsupported(r.status_code, r.json().get("error", {}).get("message", r.text))
         r.raise_for_status()
