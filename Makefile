@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick
+.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick gpu-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -94,6 +94,12 @@ bench: model
 	$(BIN)/python -m bench.http_probes
 	$(BIN)/python -m bench.dola
 	$(BIN)/python -m bench.loadgen
+
+# The ops under CUDA graphs and torch.compile on any CUDA machine with PyTorch (no vLLM, no venv
+# needed: GPU_PY=python3 by default when .venv is absent); skipped with the reason without CUDA.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check --out bench/results/gpu-check.json
 
 bench-quick: model
 	$(BIN)/python -m bench.loadgen --quick
