@@ -124,6 +124,7 @@ class Serving:
             force=settings.force_directions,
             seed=settings.seed,
             prompt_contrast=settings.prompt_contrast,
+            all_slots=settings.all_slots,
         )
         prepared = prepare(opts)
         metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))

@@ -46,6 +46,8 @@ class EngineOptions:
     # echo scoring under ``decoding`` (contrasted prompt logprobs): stash memory num_layers x
     # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/vllm/stash.py
     prompt_contrast: bool = True
+    # the ops' accelerator mode on CPU (every slot every step, no host flags; see custom_op.py)
+    all_slots: bool = False
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
 
 
@@ -119,6 +121,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             max_ops_per_layer=opts.max_ops_per_layer,
             force=opts.force,
             prompt_contrast=opts.prompt_contrast,
+            all_slots=opts.all_slots,
         )
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)

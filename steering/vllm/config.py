@@ -28,7 +28,10 @@ class WorkerConfig(BaseModel):
     # echo scoring under ``decoding``: stash buffers get max_num_tokens more rows (prompt positions);
     # memory num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes
     prompt_contrast: bool = False
-    plugin_version: int = 3  # bump when the graph the plugin builds changes
+    # run every op slot and stash row every step without reading host flags, as on accelerators
+    # (always on there; on CPU a test mode of the accelerator branch, bit-identical results)
+    all_slots: bool = False
+    plugin_version: int = 4  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:
         return {ADDITIONAL_CONFIG_KEY: self.model_dump()}

@@ -22,7 +22,9 @@ from steering.vllm.probe_readout import folded_probe
 from steering.vllm.runtime import SteeringRuntime
 from steering.vllm.stash import HiddenStash
 from tests.unit.helpers import make_bundle
-from tests.unit.test_runtime import H, L, Req, ToyModel, fake_runner
+from tests.unit.toy import H, L, Req, ToyModel, fake_runner
+
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
 
 V = 13
 TRUTH = make_bundle("truth", seed=3)  # probe at layer 0

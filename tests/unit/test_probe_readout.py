@@ -16,7 +16,9 @@ from steering.vllm.probe_channel import ProbeReceiver, ProbeSender, StepMessage
 from steering.vllm.probe_readout import folded_probe
 from steering.vllm.runtime import SteeringRuntime
 from tests.unit.helpers import make_bundle
-from tests.unit.test_runtime import H, Req, ToyModel, fake_runner
+from tests.unit.toy import H, Req, ToyModel, fake_runner
+
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
 
 TRUTH = make_bundle("truth", seed=3)  # probe at layer 0
 SYC = make_bundle("syc", layers=[2, 3], seed=5)  # probe at layer 2

@@ -30,7 +30,9 @@ from tests.unit.test_contrastive_lp import (
     setup_step,
     toy_streams,
 )
-from tests.unit.test_runtime import H, L, Req, ToyModel, fake_runner
+from tests.unit.toy import H, L, Req, ToyModel, fake_runner
+
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
 
 FIXED = ResolvedDecoding("contrast", (2,), (1.0,), alpha=0.05)
 # vLLM's own method: an in-process engine earlier in the session has the plugin's wrapper installed
