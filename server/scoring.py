@@ -14,8 +14,19 @@ from typing import Any
 from server.errors import APIError, bad_request
 from server.probing import select_probes
 from server.protocol import ProbeScoreRequest
-from server.serving import Serving
+from server.serving import Prepared, Serving
 from steering.spec import EXTRA_ARGS_KEY
+
+
+def _prepare(serving: Serving, req: ProbeScoreRequest, texts: list[str], salt: str | None) -> list[Prepared]:
+    prepared = []
+    for i, t in enumerate(texts):
+        (p,) = serving.tokenize([t], f"input[{i}]" if not isinstance(req.input, str) else "input", salt)
+        if p.n_prompt >= serving.settings.max_model_len:
+            raise bad_request(f"input has {p.n_prompt} tokens; this model's context is "
+                              f"{serving.settings.max_model_len}", "input", "context_length_exceeded")
+        prepared.append(p)
+    return prepared
 
 
 async def score_texts(serving: Serving, req: ProbeScoreRequest) -> dict[str, Any]:
@@ -36,13 +47,7 @@ async def score_texts(serving: Serving, req: ProbeScoreRequest) -> dict[str, Any
                        type="service_unavailable", param="probes", code="probes_unavailable")
     mean = req.reduce == "mean"
     salt = uuid.uuid4().hex if mean else None
-    prepared = []
-    for i, t in enumerate(texts):
-        (p,) = serving.tokenize([t], f"input[{i}]" if not isinstance(req.input, str) else "input", salt)
-        if p.n_prompt >= serving.settings.max_model_len:
-            raise bad_request(f"input has {p.n_prompt} tokens; this model's context is "
-                              f"{serving.settings.max_model_len}", "input", "context_length_exceeded")
-        prepared.append(p)
+    prepared = await serving.offload(_prepare, serving, req, texts, salt)  # tokenisation off the event loop
     base = uuid.uuid4().hex
     ids = [f"score-{base}-{i}" for i in range(len(prepared))]
     sinks = [receiver.register(pid) for pid in ids]

@@ -7,13 +7,15 @@ OpenAI response objects lives in ``completions.py`` and ``formatting.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.errors import APIError, bad_request
 from server.formatting import now
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 Req = CompletionRequest | ChatCompletionRequest
 PROBE_WAIT_S = 30.0
 PROBE_HANDSHAKE_S = 30.0  # start-up: the probe channel must carry a row end to end within this
+T = TypeVar("T")
 
 
 @dataclass
@@ -104,6 +107,18 @@ class Serving:
         self.metrics = metrics or Metrics(prepared.bundles, self.probes)
         self.receiver: ProbeReceiver | None = None
         self.created = now()
+        # Per-request CPU work (chat template, tokenisation, validation) runs here, off the event
+        # loop that streams every token, as vLLM's server does; one thread, since HF tokenizers
+        # are not safe for concurrent use.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="truthsteer-prep")
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the request-preparation thread; its exceptions propagate."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep, fn, *args)
+
+    async def build_async(self, req: Req) -> Plan:
+        """:meth:`build` off the event loop (what the routes call)."""
+        return await self.offload(self.build, req)
 
     @classmethod
     def start(cls, settings: Settings) -> Serving:
@@ -154,6 +169,7 @@ class Serving:
         if self.receiver is not None:
             await self.receiver.close()
         self.engine.shutdown()
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ metadata
     def models(self) -> ModelList:
