@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick gpu-check
+.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick gpu-check integration-tp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ integration: model
 
 test: model lint prometheus-tools
 	$(BIN)/pytest -q tests
+
+# Tensor parallelism on the CPU backend (TP=3 vs TP=1 on the default model; not part of `make test`,
+# see docs/bench.md for its time).
+integration-tp: model
+	$(BIN)/pytest -q -m tp tests/integration/test_parallel_modes.py
 
 # prometheus + promtool for tests/deploy (Debian package). Best effort: where it cannot be
 # installed (no root, no apt), the promtool/Prometheus tests skip and say why.

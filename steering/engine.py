@@ -87,8 +87,20 @@ def directions_for(model: str | None, directions: Sequence[str | Path]) -> list[
     return [own] if own.is_dir() else []
 
 
+def check_parallelism(opts: EngineOptions) -> None:
+    """Tensor parallelism is supported (every rank applies the same ops to the replicated residual
+    stream). Pipeline parallelism is refused for a steering engine: probe rows come from one
+    worker's channel, and contrastive decoding reads premature layers' hidden states on the
+    sampling stage, so both need every layer in one stage."""
+    pp = int(opts.extra.get("pipeline_parallel_size", 1))
+    if opts.steering and pp > 1:
+        raise ValueError(f"truthsteer does not support pipeline parallelism (pipeline_parallel_size={pp}): probes "
+                         "and contrastive decoding need every layer on one stage; use tensor_parallel_size")
+
+
 def prepare(opts: EngineOptions) -> PreparedEngine:
     """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
+    check_parallelism(opts)
     model = resolve_model(opts.model)
     model_path = str(model)
     info = describe(model) if Path(model_path).is_dir() else _describe_remote(model_path)

@@ -95,3 +95,12 @@ def test_worker_config_carries_the_mode_into_the_compile_hash() -> None:
     on = WorkerConfig(all_slots=True).to_additional_config()
     assert on["truthsteer"]["all_slots"] is True
     assert WorkerConfig().to_additional_config() != on
+
+
+def test_pipeline_parallelism_is_refused_for_a_steering_engine_only() -> None:
+    from steering.engine import EngineOptions, check_parallelism
+
+    with pytest.raises(ValueError, match="pipeline_parallel_size=2"):
+        check_parallelism(EngineOptions(extra={"pipeline_parallel_size": 2}))
+    check_parallelism(EngineOptions(tensor_parallel_size=3))
+    check_parallelism(EngineOptions(steering=False, extra={"pipeline_parallel_size": 2}))  # plain vLLM baseline
