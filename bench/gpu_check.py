@@ -58,7 +58,7 @@ CUDA_SHAPE = StackShape(hidden=256, layers=4, heads=8, intermediate=512, vocab=5
                         max_tokens=256, max_reqs=64)
 CPU_BENCH = StackShape(hidden=256, layers=2, heads=4, intermediate=1024, slots=4, directions=4, max_reqs=128)
 CUDA_BENCH = StackShape(hidden=2048, layers=4, heads=16, intermediate=8192, slots=4, directions=4, max_reqs=256)
-TOL = {"reference": 1e-4, "graph_fp32": 1e-6, "graph_bf16": 1e-2, "compiled_graph": 1e-4, "reduce_overhead": 1e-4,
+TOL = {"reference": 1e-4, "graph_fp32": 1e-5, "graph_bf16": 1e-2, "compiled_graph": 1e-4, "reduce_overhead": 1e-4,
        "modes": 0.0}
 
 Runner = Callable[[int, Mix, np.ndarray, np.ndarray], tuple[Outputs, Outputs]]
@@ -163,9 +163,10 @@ def stage_compiled(st: Stage, ctx: Ctx) -> None:
     model, bufs, dirs = _built(ctx)
     compiled = torch.compile(model, fullgraph=True, dynamic=False)
     cuda = ctx.device.type == "cuda"
+    sizes = (ctx.sizes[0], ctx.sizes[-1])  # each size is its own compilation
     static = {s: (torch.zeros(s, dtype=torch.int64, device=ctx.device),
-                  torch.zeros(s, dtype=torch.int64, device=ctx.device)) for s in ctx.sizes}
-    graphs = {s: capture(lambda s=s: compiled(*static[s])) for s in ctx.sizes} if cuda else {}  # type: ignore[misc]
+                  torch.zeros(s, dtype=torch.int64, device=ctx.device)) for s in sizes}
+    graphs = {s: capture(lambda s=s: compiled(*static[s])) for s in sizes} if cuda else {}  # type: ignore[misc]
     st.notes["cuda_graphs"] = cuda
 
     def run(size: int, mix: Mix, ids: np.ndarray, pos: np.ndarray) -> tuple[Outputs, Outputs]:
@@ -181,7 +182,7 @@ def stage_compiled(st: Stage, ctx: Ctx) -> None:
         got = collect(out, bufs, mix)
         return got, collect(model(x, p), bufs, mix)
 
-    _loop(st, ctx, run)
+    _loop(st, ctx, run, sizes)
 
 
 class _SkipLog(logging.Handler):
@@ -239,6 +240,8 @@ def stage_modes(st: Stage, ctx: Ctx) -> None:
 
 def run_stage(name: str, ctx: Ctx, fn: Callable[[Stage, Ctx], None], skip: str = "") -> Stage:
     st = Stage(name)
+    if not skip and time.monotonic() > ctx.deadline:
+        skip = "no time left in the budget"
     if skip:
         st.status, st.reason = "skipped", skip
         return st

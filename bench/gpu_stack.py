@@ -207,12 +207,13 @@ def build(shape: StackShape, device: torch.device, dtype: torch.dtype, seed: int
           active_device: torch.device | None = None) -> tuple[TinyLlama, Buffers, Directions]:
     """A seeded model with the ops installed (same seed: same weights and directions)."""
     torch.manual_seed(seed)
-    model = TinyLlama(shape)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)
-    model = model.to(device=device, dtype=dtype).eval()
+    with torch.device(device):  # built and initialised on the device (the benchmark's layers are large)
+        model = TinyLlama(shape)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.5 / p.shape[-1] ** 0.5)
+    model = model.to(dtype=dtype).eval()
     dirs = random_directions(shape, seed + 1)
     return model, install(model, shape, dirs, all_slots, active_device), dirs
 
