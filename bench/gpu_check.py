@@ -306,6 +306,8 @@ def summary(result: dict[str, Any]) -> str:
     for st in result["stages"]:
         if st["status"] == "skipped":
             parts.append(f"{st['name']} skipped")
+        elif st["status"] == "fail":
+            parts.append(f"{st['name']} FAIL after {st['replays']} replays: {st['reason'][:80]}")
         else:
             parts.append(f"{st['name']} {st['status']} {st['replays']} replays err {st['max_rel_err']:.1e}")
     b = result["bench"]
