@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,26 +27,35 @@ ENV = {"TRUTHSTEER_API_KEYS": f'["{API_KEY}"]', "TRUTHSTEER_SERVED_MODEL_NAME": 
 TP_TOL = 1e-3
 
 
-def _results(env: dict[str, str], timeout_s: float = 1800) -> list[Result]:
-    with running_server({**ENV, **env}, timeout_s=timeout_s) as base:
+MODE_LINE = "all slots every step"  # in the worker's install line when the ops run in all-slots mode
+
+
+def _results(env: dict[str, str], log: Path, timeout_s: float = 1800) -> list[Result]:
+    with running_server({**ENV, **env}, log_path=log, timeout_s=timeout_s) as base:
         return run_workload(base, API_KEY)
 
 
 @pytest.fixture(scope="module")
-def baseline() -> Iterator[list[Result]]:
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Result]]:
     """The CPU default: skip-idle ops, one rank (its server is stopped before the next starts)."""
-    yield _results({})
+    log = tmp_path_factory.mktemp("baseline") / "server.log"
+    results = _results({}, log)
+    assert "truthsteer: steering op on 30 layers" in log.read_text() and MODE_LINE not in log.read_text()
+    yield results
 
 
-def test_all_slots_mode_gives_the_cpu_modes_results_bit_for_bit(baseline: list[Result]) -> None:
-    got = _results({"TRUTHSTEER_ALL_SLOTS": "true"})
+def test_all_slots_mode_gives_the_cpu_modes_results_bit_for_bit(baseline: list[Result], tmp_path: Path) -> None:
+    got = _results({"TRUTHSTEER_ALL_SLOTS": "true"}, tmp_path / "server.log")
+    assert MODE_LINE in (tmp_path / "server.log").read_text()  # the engine did run the accelerator mode
     assert max_difference(got, baseline) == 0.0
     steered = {r.name: r for r in baseline}
     assert steered["add"].tokens != steered["plain"].tokens  # the workload does steer
 
 
 @pytest.mark.tp
-def test_tensor_parallel_3_equals_one_rank(baseline: list[Result]) -> None:
+def test_tensor_parallel_3_equals_one_rank(baseline: list[Result], tmp_path: Path) -> None:
     # each rank would pin its OpenMP threads to its own NUMA node; this machine has one
-    got = _results({"TRUTHSTEER_TENSOR_PARALLEL_SIZE": "3", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}, timeout_s=2400)
+    env = {"TRUTHSTEER_TENSOR_PARALLEL_SIZE": "3", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    got = _results(env, tmp_path / "server.log", timeout_s=2400)
+    assert (tmp_path / "server.log").read_text().count("truthsteer: steering op on 30 layers") == 3  # one per rank
     assert max_difference(got, baseline) <= TP_TOL
