@@ -58,4 +58,6 @@ def test_tensor_parallel_3_equals_one_rank(baseline: list[Result], tmp_path: Pat
     env = {"TRUTHSTEER_TENSOR_PARALLEL_SIZE": "3", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     got = _results(env, tmp_path / "server.log", timeout_s=2400)
     assert (tmp_path / "server.log").read_text().count("truthsteer: steering op on 30 layers") == 3  # one per rank
-    assert max_difference(got, baseline) <= TP_TOL
+    diff = max_difference(got, baseline)
+    print(f"TP=3 vs TP=1: largest logprob / probe-score difference {diff:.2e}")  # shown with -s
+    assert diff <= TP_TOL
