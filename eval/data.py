@@ -1,4 +1,4 @@
-"""Evaluation items from ``../shared/data`` (loaders in probes.datasets where they exist)."""
+"""Evaluation items from the repository's ``data/`` (loaders in probes.datasets where they exist)."""
 
 from __future__ import annotations
 

@@ -93,6 +93,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     lc.add_argument("--out", type=Path, required=True, help="output folder (curve.md / .json / .png)")
     lc.set_defaults(func=_curve)
 
+    from probes.lodo_cli import add_parser as add_lodo
+
+    add_lodo(psub)
+
 
 def _csv(kind: type[float] | type[int]) -> Any:
     """argparse type: comma-separated numbers (a bad item is argparse's usage error naming it)."""
@@ -116,16 +120,29 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF folder or packaged alias (default: bundled SmolLM2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--server", default=None, help="extract through a running server's /v1/activations (URL; "
+                   "the model must be the one it serves); cached apart from local extraction")
+    p.add_argument("--key", default=None, help="API key for --server")
 
 
 class _Ctx:
     """The model, tokenizer and fingerprint, loaded once per command."""
 
-    def __init__(self, model: str | None, batch_size: int, max_per_dataset: int | None = None) -> None:
+    def __init__(self, model: str | None, batch_size: int, max_per_dataset: int | None = None,
+                 server: str | None = None, key: str | None = None) -> None:
         folder = resolve_model(model)
         self.max_per_dataset = max_per_dataset  # overrides the presets' own subsample size
         self.info: ModelInfo = describe(folder)
-        self.model, self.tok = load_hf(folder)
+        self.cache_key = self.info.fingerprint + ("-server" if server else "")
+        if server:
+            from transformers import AutoTokenizer
+
+            from probes.remote import ServerExtractor
+
+            self.tok = AutoTokenizer.from_pretrained(str(folder))
+            self.model: Any = ServerExtractor(server, key, self.info.num_layers)
+        else:
+            self.model, self.tok = load_hf(folder)
         self.bs = batch_size
 
         self.known: dict[str, torch.Tensor] = {}  # text -> activations already loaded in this command
@@ -135,13 +152,13 @@ class _Ctx:
         if texts and all(t in self.known for t in texts):
             a = torch.stack([self.known[t] for t in texts])
         else:
-            a = cached_activations(self.model, self.tok, texts, self.info.fingerprint, data.digest(), self.bs)
+            a = cached_activations(self.model, self.tok, texts, self.cache_key, data.digest(), self.bs)
             self.known.update(zip(texts, a, strict=True))
         return a, torch.tensor(data.labels())
 
     def preload(self, data: ds.Dataset) -> None:
         """Remember ``data``'s activations if they are cached on disk (no extraction)."""
-        path = activation_path(self.info.fingerprint, data.digest())
+        path = activation_path(self.cache_key, data.digest())
         if path.is_file():
             self.acts(data)
 
@@ -215,7 +232,7 @@ def load_spec(spec: str, ctx: _Ctx, seed: int, max_items: int | None) -> ds.Data
 
 
 def _train(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size)
+    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key)
     preset: Preset | None = None
     if args.preset:
         preset = PRESETS[args.preset]
@@ -256,7 +273,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key)
     bundle = load_bundle(args.bundle, ctx.info)
     results = []
     for spec in args.dataset.split(","):
@@ -276,7 +293,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset)
+    ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key)
     splits = []
     for spec in args.datasets.split(","):
         data = load_spec(spec, ctx, args.seed, args.max_items)
@@ -302,7 +319,7 @@ def _curve(args: argparse.Namespace) -> int:
     from probes.curve import learning_curve
     from probes.curve import write as write_curve
 
-    ctx = _Ctx(args.model, args.batch_size)
+    ctx = _Ctx(args.model, args.batch_size, server=args.server, key=args.key)
     train_set, test_set = (load_spec(s, ctx, args.seed, 0) for s in (args.dataset, args.test_dataset))
     ds.check_trainable(train_set)
     x, y = ctx.acts(train_set)

@@ -6,8 +6,9 @@ to split so that test items never share an entity with training items.
 
 User files (``truthsteer probes train --dataset my.csv``) are CSV with a header or JSONL with one
 object per line, with the fields ``text`` and ``label`` (``1``/``0``, ``true``/``false``) and an
-optional ``group`` (rows without a group are their own group). The built-in datasets of
-``../shared/data`` are in :mod:`probes.sources`.
+optional ``group`` (rows without a group are their own group). The built-in datasets are in
+:mod:`probes.sources`; their files ship with the repository in ``data/`` (:func:`data_root`), and
+nothing outside that folder (or ``$TRUTHSTEER_DATA``) is ever read for them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from steering.errors import TruthsteerError
 
 DATA_ENV = "TRUTHSTEER_DATA"
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DatasetError(TruthsteerError, ValueError):
@@ -34,14 +36,21 @@ class Example:
     text: str
     label: int
     group: str
+    domain: str = ""  # truth domain (:func:`probes.sources.truth_domains`); "" elsewhere
+    negated: bool | None = None  # a negated statement; None where the source does not say
+    truth_type: str = ""  # definitional / empirical / logical / fictional / ethical; "" unknown
 
 
 @dataclass(frozen=True)
 class Dataset:
+    """Examples with their provenance. :meth:`digest` (the activation-cache key) depends on the
+    texts, labels and groups only, never on the optional fields."""
+
     name: str
     examples: list[Example]
     path: str
     license: str
+    truth_type: str = ""  # the examples' common truth type, "mixed" when they differ, "" unknown
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -57,15 +66,18 @@ class Dataset:
 
 
 def data_root() -> Path:
-    """``$TRUTHSTEER_DATA`` or the ``shared/data`` folder beside the checkout."""
+    """``$TRUTHSTEER_DATA`` if set, else the repository's own ``data/`` folder."""
     env = os.environ.get(DATA_ENV)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parent.parent
-    for cand in (here.parent / "shared" / "data", here / "data"):
-        if cand.is_dir():
-            return cand
-    raise FileNotFoundError(f"no data folder found; set {DATA_ENV}")
+    return Path(env) if env else REPO_ROOT / "data"
+
+
+def display_path(path: Path) -> str:
+    """How bundle metadata cites a data file: relative to the repository (``data/...``) when the
+    file is inside it, else the path as given."""
+    try:
+        return path.resolve().relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)
 
 
 _TRUE = {"1", "true", "yes"}
@@ -140,10 +152,17 @@ def check_trainable(data: Dataset) -> None:
         raise DatasetError(f"{data.name}: needs both labels 0 and 1, has only {sorted(classes)}")
 
 
+def common_truth_type(examples: Iterable[Example]) -> str:
+    """The one truth type of ``examples``, ``"mixed"`` when they differ, ``""`` when none is known."""
+    kinds = {e.truth_type for e in examples}
+    return kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else "")
+
+
 def concat(name: str, parts: Iterable[Dataset]) -> Dataset:
     parts = list(parts)
     ex = [e for d in parts for e in d.examples]
-    return Dataset(name, ex, ";".join(d.path for d in parts), "; ".join(sorted({d.license for d in parts})))
+    return Dataset(name, ex, ";".join(d.path for d in parts), "; ".join(sorted({d.license for d in parts})),
+                   common_truth_type(ex))
 
 
 def in_test(group: str, test_frac: float, seed: int, salt: str = "") -> bool:
@@ -175,8 +194,8 @@ def split_indices(groups: Iterable[str], test_frac: float, seed: int, salt: str 
 def split_dataset(data: Dataset, test_frac: float, seed: int) -> tuple[Dataset, Dataset]:
     tr, te = group_split(data.examples, test_frac, seed)
     return (
-        Dataset(data.name + ":train", tr, data.path, data.license),
-        Dataset(data.name + ":test", te, data.path, data.license),
+        Dataset(data.name + ":train", tr, data.path, data.license, data.truth_type),
+        Dataset(data.name + ":test", te, data.path, data.license, data.truth_type),
     )
 
 
@@ -194,4 +213,4 @@ def subsample(data: Dataset, n: int | None, seed: int) -> Dataset:
         if len(out) + len(groups[g]) > n:
             break
         out.extend(groups[g])
-    return Dataset(data.name, out, data.path, data.license)
+    return Dataset(data.name, out, data.path, data.license, data.truth_type)

@@ -1,4 +1,4 @@
-"""Loaders of the built-in datasets in ``../shared/data`` (see its README for origins and licenses).
+"""Loaders of the built-in datasets in the repository's ``data/`` (origins, licenses: data/README.md).
 
 =====================  ==================================================================  ========
 name                   contents (label 1 = positive class)                                 group
@@ -12,7 +12,26 @@ truthfulqa_v1          the same from the revised TruthfulQA.csv                 
 caa_sycophancy(_test)  CAA A/B items, at the answer letter (matching = 1)                  item
 anthropic_nlp / anthropic_political   Anthropic sycophancy pools, same convention          item
 caa_<behaviour>        CAA behaviour pools (hallucination, refusal, ...), same convention  item
+truth_<domain>         one truth domain (below): true statements = 1                       fact
 =====================  ==================================================================  ========
+
+**Truth domains** (:func:`truth_domains`; built-in name ``truth_<domain>``, an underscore because
+``:`` separates the parts of ``heldout:PRESET:PART`` specs). Every example carries ``domain``,
+``truth_type`` and, where the source says, ``negated``:
+
+=================================  ============  ==================================================
+domain                             truth_type    source
+=================================  ============  ==================================================
+cities                             empirical     trilemma city_locations (negation column)
+word_types / _synonyms / _instances definitional trilemma word files (negation column)
+mmlu_true_false                    empirical     MMLU question + option; 1:3 true:false
+truthfulqa                         empirical     TruthfulQA v0 answers, grouped by question
+hallucination                      empirical     CAA false-premise items: each as two
+                                                 "Question/Answer" texts, 1 = the answer that
+                                                 rejects the premise; group = the question
+<stem of a generated CSV>          per row       ``data/truth_domains/generated/`` (probes.truthgen)
+<stem of a handwritten CSV>        per row       ``data/truth_domains/handwritten/``
+=================================  ============  ==================================================
 
 Any other name that is a path to a ``.csv`` / ``.jsonl`` file is read as a user file
 (:func:`probes.datasets.generic_file`).
@@ -20,15 +39,19 @@ Any other name that is a path to a ``.csv`` / ``.jsonl`` file is read as a user 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+from probes import truthdata
 from probes.datasets import (
     Dataset,
     DatasetError,
     Example,
     _rows,
+    common_truth_type,
     concat,
     data_root,
+    display_path,
     generic_file,
     parse_label,
     require_columns,
@@ -51,6 +74,16 @@ _ANTHROPIC = {
     "anthropic_nlp": "sycophancy_on_nlp_survey.sample1500.jsonl",
     "anthropic_political": "sycophancy_on_political_typology_quiz.sample1500.jsonl",
 }
+# the licensed sets as truth domains: domain -> truth type
+LICENSED_DOMAINS = {
+    "cities": "empirical",
+    "word_types": "definitional",
+    "word_synonyms": "definitional",
+    "word_instances": "definitional",
+    "mmlu_true_false": "empirical",
+    "truthfulqa": "empirical",
+    "hallucination": "empirical",
+}
 _CAA_BEHAVIOURS = (
     "hallucination",
     "refusal",
@@ -62,14 +95,17 @@ _CAA_BEHAVIOURS = (
 
 
 def statements_csv(path: Path, name: str, license: str) -> Dataset:
-    """Trilemma-of-truth statement files: ``statement``, ``correct``, ``object_1``."""
+    """Trilemma-of-truth statement files: ``statement``, ``correct``, ``object_1`` and, where
+    present, ``negation`` (read into :attr:`Example.negated`)."""
     rows = _rows(path)
     require_columns(rows, ("statement", "correct"), str(path))
-    ex = [
-        Example(str(r["statement"]), parse_label(r["correct"], f"{path}: row {i + 1}"), str(r.get("object_1", "")))
-        for i, r in enumerate(rows)
-    ]
-    return Dataset(name, ex, str(path), license)
+    ex: list[Example] = []
+    for i, r in enumerate(rows):
+        where = f"{path}: row {i + 1}"
+        neg = truthdata.parse_flag(r["negation"], where) if "negation" in r else None
+        ex.append(Example(str(r["statement"]), parse_label(r["correct"], where), str(r.get("object_1", "")),
+                          negated=neg))
+    return Dataset(name, ex, display_path(path), license)
 
 
 def qa_text(question: str, answer: str) -> str:
@@ -85,7 +121,7 @@ def mmlu_true_false(path: Path, name: str = "mmlu_true_false") -> Dataset:
     for i, r in enumerate(rows):
         text = str(r["statement"])
         ex.append(Example(text, parse_label(r["label"], f"{path}: row {i + 1}"), text.split("\nAnswer:")[0]))
-    return Dataset(name, ex, str(path), MMLU_LICENSE)
+    return Dataset(name, ex, display_path(path), MMLU_LICENSE)
 
 
 def truthfulqa(path: Path, name: str = "truthfulqa") -> Dataset:
@@ -99,7 +135,7 @@ def truthfulqa(path: Path, name: str = "truthfulqa") -> Dataset:
             for ans in str(r[col]).split(";"):
                 if ans.strip():
                     ex.append(Example(qa_text(q, ans), label, f"tqa:{i}"))
-    return Dataset(name, ex, str(path), TQA_LICENSE)
+    return Dataset(name, ex, display_path(path), TQA_LICENSE)
 
 
 def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:
@@ -132,18 +168,98 @@ def caa_ab(path: Path, name: str, license: str, tokenizer: object, strip_answer:
             q = q.removesuffix("Answer:").rstrip()
         for key, label in (("answer_matching_behavior", 1), ("answer_not_matching_behavior", 0)):
             ex.append(Example(chat_ab(q, _letter(item[key], f"{path}: row {i + 1}"), tokenizer), label, f"{name}:{i}"))
-    return Dataset(name, ex, str(path), license)
+    return Dataset(name, ex, display_path(path), license)
+
+
+def false_premise(path: Path, name: str = "truth_hallucination") -> Dataset:
+    """CAA ``hallucination`` items (``question`` = premise question + ``Choices: (A) .. (B) ..``)
+    as two "Question/Answer" statements each: 1 = the answer that rejects the false premise
+    (``answer_not_matching_behavior``), 0 = the one that accepts it; group = the question."""
+    rows = _rows(path)
+    require_columns(rows, ("question", "answer_matching_behavior", "answer_not_matching_behavior"), str(path))
+    ex: list[Example] = []
+    for i, item in enumerate(rows):
+        where = f"{path}: row {i + 1}"
+        question, sep, choices = str(item["question"]).partition("\n\nChoices:\n")
+        a, sep_b, b = choices.strip().removeprefix("(A) ").partition("\n (B) ")
+        if not (sep and sep_b and a.strip() and b.strip()):
+            raise DatasetError(f"{where}: expected 'question\\n\\nChoices:\\n (A) ...\\n (B) ...'")
+        options = {"A": a, "B": b}
+        for key, label in (("answer_not_matching_behavior", 1), ("answer_matching_behavior", 0)):
+            letter = _letter(item[key], where)
+            if letter not in options:
+                raise DatasetError(f"{where}: {key} {item[key]!r} is not (A) or (B)")
+            ex.append(Example(qa_text(question, options[letter]), label, question.strip()))
+    return Dataset(name, ex, display_path(path), CAA_LICENSE)
+
+
+def _tagged(data: Dataset, domain: str, truth_type: str) -> Dataset:
+    ex = [dataclasses.replace(e, domain=domain, truth_type=truth_type) for e in data.examples]
+    return Dataset(f"truth_{domain}", ex, data.path, data.license, common_truth_type(ex))
+
+
+def truth_domain(domain: str, root: Path | None = None) -> Dataset:
+    """One truth domain by name (table in the module docstring)."""
+    root = root or data_root()
+    kind = LICENSED_DOMAINS.get(domain)
+    if kind is None:
+        files = truthdata.domain_files(root)
+        if domain not in files:
+            raise DatasetError(f"unknown truth domain {domain!r} (have {', '.join(truth_domain_names(root))})")
+        return truthdata.domain_csv(files[domain])
+    if domain in _TRILEMMA:
+        data = statements_csv(root / "trilemma_of_truth" / _TRILEMMA[domain], domain, TRILEMMA_LICENSE)
+    elif domain == "hallucination":
+        data = false_premise(root / "caa_behaviours" / "hallucination.jsonl")
+    else:
+        data = builtin(domain, None, root)
+    return _tagged(data, domain, kind)
+
+
+def truth_domain_names(root: Path | None = None) -> list[str]:
+    """The licensed domains, then every generated and handwritten file's domain."""
+    files = truthdata.domain_files(root or data_root())
+    clash = sorted(set(files) & set(LICENSED_DOMAINS))
+    if clash:
+        raise DatasetError(f"{files[clash[0]]}: domain {clash[0]!r} is also a licensed data set")
+    return [*LICENSED_DOMAINS, *files]
+
+
+def truth_domains(root: Path | None = None) -> dict[str, Dataset]:
+    """Every truth domain (module docstring) by name; each example carries ``domain``,
+    ``truth_type`` and ``negated`` (None where the source does not say), and each Dataset its
+    ``truth_type``. Raises :class:`DatasetError` naming the file and row of any bad file."""
+    return {d: truth_domain(d, root) for d in truth_domain_names(root)}
 
 
 def builtin_names() -> list[str]:
     return sorted(
         [*_TRILEMMA, "mmlu_true_false", "truthfulqa", "truthfulqa_v1", "caa_sycophancy", "caa_sycophancy_test",
-         *_ANTHROPIC, *(f"caa_{b}" for b in _CAA_BEHAVIOURS)]
+         *_ANTHROPIC, *(f"caa_{b}" for b in _CAA_BEHAVIOURS), *(f"truth_{d}" for d in truth_domain_names()),
+         *(f"biased_belief{kind}_{split}" for kind in ("", "_pressure") for split in _BB_SPLITS)]
     )
+
+
+_BB_SPLITS = ("train", "validation", "test")
+
+
+def biased_belief(name: str, tokenizer: object | None) -> Dataset:
+    """``biased_belief_<split>`` (wrong vs correct letter under a stated wrong belief) and
+    ``biased_belief_pressure_<split>`` (biased vs neutral prompt at the answer position), from
+    :mod:`probes.biased_belief` with seed 0."""
+    from probes import biased_belief as bb
+
+    if tokenizer is None:
+        raise DatasetError(f"dataset {name} needs the model's tokenizer (chat template)")
+    split = name.rsplit("_", 1)[1]
+    build = bb.pressure_pairs if name.startswith("biased_belief_pressure_") else bb.sycophancy_pairs
+    return build(bb.load_questions(), tokenizer, 0, split)
 
 
 def builtin(name: str, tokenizer: object | None = None, root: Path | None = None) -> Dataset:
     root = root or data_root()
+    if name.startswith("truth_"):
+        return truth_domain(name.removeprefix("truth_"), root)
     if name in _TRILEMMA:
         return statements_csv(root / "trilemma_of_truth" / _TRILEMMA[name], name, TRILEMMA_LICENSE)
     if name == "mmlu_true_false":
@@ -151,6 +267,8 @@ def builtin(name: str, tokenizer: object | None = None, root: Path | None = None
     if name in ("truthfulqa", "truthfulqa_v1"):
         sub = "v0/TruthfulQA.csv" if name == "truthfulqa" else "TruthfulQA.csv"
         return truthfulqa(root / "truthfulqa" / sub, name)
+    if name.startswith("biased_belief_") and name.rsplit("_", 1)[1] in _BB_SPLITS:
+        return biased_belief(name, tokenizer)
     ab: tuple[Path, str, bool] | None = None
     if name in ("caa_sycophancy", "caa_sycophancy_test"):
         fname = "generate_dataset_ab.sample1000.jsonl" if name == "caa_sycophancy" else "test_dataset_ab.jsonl"

@@ -11,9 +11,14 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from server.activations import activations_router
+from server.admission import Admission, AdmissionMiddleware, TrackedEngine
 from server.completions import collect, stream
+from server.directions_api import directions_router
 from server.errors import APIError, install_error_handlers
+from server.lifecycle import Lifecycle, guard_stream
 from server.middleware import BodyLimit, RequestMetrics
+from server.openapi import GENERATION, HEALTH, METADATA, install_openapi
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,12 +31,15 @@ from server.protocol import (
 from server.scoring import score_texts
 from server.serving import Serving
 from server.settings import Settings
+from steering.spec import wire
 
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions", "/v1/probes/score": "probes_score"}
 
 
 def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
-    keys = [k.get_secret_value().encode() for k in settings.api_keys]
+    # with api_keys set, admin keys (server/directions_api.py) are API keys too
+    pool = [*settings.api_keys, *settings.admin_api_keys] if settings.api_keys else []
+    keys = [k.get_secret_value().encode() for k in pool]
 
     async def check(request: Request) -> None:
         if not keys:
@@ -46,8 +54,11 @@ def _auth(settings: Settings) -> Callable[[Request], Awaitable[None]]:
 
 
 def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
-    """Build the app; the engine starts in the lifespan unless a ``serving`` is injected."""
+    """Build the app; the engine starts in the lifespan unless a ``serving`` is injected.
+    ``app.state.lifecycle`` drains on SIGTERM and notices engine death (``server/lifecycle.py``)."""
     state: dict[str, Serving] = {}
+    lifecycle = Lifecycle(settings)
+    admission = Admission(settings, lifecycle)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -60,16 +71,22 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
             # objects) never becomes garbage; frozen, a full collection no longer walks it (310 ms
             # per collection unfrozen, measured, every stream stalled meanwhile; 0 ms frozen)
             freeze_gc_heap()
+        s.engine = TrackedEngine(s.engine, admission)
         state["serving"] = s
         _app.state.metrics = s.metrics
+        lifecycle.ready(s.metrics.registry)
+        watcher = asyncio.ensure_future(lifecycle.watch(s.engine))
         try:
             yield
         finally:
+            watcher.cancel()
             await s.close()
 
     app = FastAPI(title="truthsteer", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible server with per-request truth/sycophancy steering")
+    app.state.lifecycle = lifecycle
     install_error_handlers(app)
+    install_openapi(app)
     auth = Depends(_auth(settings))
 
     def srv() -> Serving:
@@ -79,55 +96,60 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
 
     # pure ASGI (no per-chunk relay for streams); the last added is the outermost, so 413s are counted
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AdmissionMiddleware, admission=admission, paths=ENDPOINTS)
     app.add_middleware(RequestMetrics, endpoints=ENDPOINTS,
                        metrics=lambda: state["serving"].metrics if "serving" in state else None)
 
-    @app.get("/health")
+    @app.get("/health", responses=HEALTH)
     async def health() -> dict[str, str]:
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        refusal = lifecycle.refusal()
+        if refusal is not None:  # readiness drops while draining, liveness when the engine died
+            raise refusal
         try:
             await srv().engine.check_health()
         except EngineDeadError as e:
+            lifecycle.engine_died(str(e))
             raise APIError(503, f"engine is not healthy: {e}", type="service_unavailable", code="engine_dead") from e
         return {"status": "ok"}
 
-    @app.get("/v1/models", dependencies=[auth])
+    @app.get("/v1/models", dependencies=[auth], responses=METADATA)
     async def models() -> ModelList:
         return srv().models()
 
-    @app.get("/v1/directions", dependencies=[auth])
+    @app.get("/v1/directions", dependencies=[auth], responses=METADATA)
     async def directions() -> DirectionList:
         s = srv()
-        cards = [
-            DirectionCard(
-                name=b.name, kind=b.meta.kind, description=b.meta.description, layers=b.meta.layers,
-                recommended_layers=b.meta.recommended_layers, recommended_strength=b.meta.recommended_strength,
-                model=b.meta.model.name, probe_layer=b.meta.probe.layer if b.meta.probe else None,
-                metrics=b.meta.metrics,
-            )
-            for b in s.prepared.bundles.values()
-        ]
-        return DirectionList(data=cards)
+        cards = [DirectionCard.of(b, live=b.name in s.steering.entries) for b in s.steering.bundles().values()]
+        return DirectionList(data=cards, default_steering=wire(s.steering.default_ops))
+
+    app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
+    app.include_router(activations_router(settings, srv, auth))  # POST /v1/activations
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()
         if req.stream:
             gen = await stream(s, req)
-            return StreamingResponse(gen, media_type="text/event-stream")
+            return StreamingResponse(guard_stream(gen, lifecycle), media_type="text/event-stream")
         return JSONResponse(await until_disconnect(request, collect(s, req)))
 
-    @app.post("/v1/completions", dependencies=[auth])
+    @app.post("/v1/completions", dependencies=[auth], responses=GENERATION)
     async def completions(req: CompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 
-    @app.post("/v1/chat/completions", dependencies=[auth])
+    @app.post("/v1/chat/completions", dependencies=[auth], responses=GENERATION)
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 
-    @app.post("/v1/probes/score", dependencies=[auth])
+    @app.post("/v1/probes/score", dependencies=[auth], responses=GENERATION)
     async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
         return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
+
+    if settings.ui_enabled:  # the browser playground (static files, no auth: its API calls carry the key)
+        from server.ui import mount_ui
+
+        mount_ui(app)
 
     metrics_deps = [auth] if settings.metrics_require_auth else []
 

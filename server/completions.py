@@ -9,7 +9,7 @@ from typing import Any
 from server.formatting import chat_logprobs, completion_logprobs, new_id, now, sse
 from server.probing import summarize
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.selective import decide_abstain, interventions
+from server.selective import decide_abstain, interventions, token_flags
 from server.serving import Piece, Plan, Serving
 
 Req = CompletionRequest | ChatCompletionRequest
@@ -175,6 +175,7 @@ def _whole_chunk(serving: Serving, req: Req, plan: Plan, st: ChoiceState, index:
     choice["logprobs"] = _logprobs(req, tok, st.token_ids, st.logprobs)
     choice["finish_reason"] = st.finish_reason
     finish_choice(serving, req, plan, st, choice, key)
+    _add_token_flags(plan, st, choice, 0, len(st.token_ids))
     if "probe_scores" in choice:
         summary = choice.pop("probe_scores")
         choice["probe_scores"] = {k: v["tokens"] for k, v in summary.items()}
@@ -184,6 +185,13 @@ def _whole_chunk(serving: Serving, req: Req, plan: Plan, st: ChoiceState, index:
     if include_usage:
         chunk["usage"] = None
     return chunk
+
+
+def _add_token_flags(plan: Plan, st: ChoiceState, choice: dict[str, Any], start: int, count: int) -> None:
+    """Stream chunks of steered or contrasted requests: ``token_flags`` of the chunk's tokens."""
+    dec = plan.decoding if plan.decoding is not None and plan.decoding.active else None
+    if plan.ops or dec is not None:
+        choice["token_flags"] = token_flags(plan.ops, dec, start, count, st.flags)
 
 
 async def stream(serving: Serving, req: Req) -> AsyncIterator[str]:
@@ -226,6 +234,7 @@ async def _sse(serving: Serving, req: Req, plan: Plan, pieces: AsyncIterator[tup
             if plan.probes:
                 # this chunk's tokens; the final chunk of a choice also carries its summary
                 choice["probe_scores"] = {k: v for k, v in (p.probe_tokens or {}).items() if k in plan.probes}
+            _add_token_flags(plan, st, choice, len(st.token_ids) - len(p.token_ids), len(p.token_ids))
             if p.finish_reason is not None:
                 done: dict[str, Any] = {}
                 finish_choice(serving, req, plan, st, done, "text")

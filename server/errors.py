@@ -7,6 +7,7 @@ that shape, so no client input ever produces a 500.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,13 +34,22 @@ class APIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+    def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        extra = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return JSONResponse(self.body(), status_code=self.status, headers={**extra, **(headers or {})} or None)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
+
+
+def server_error(exc: BaseException, engine_dead: bool) -> APIError:
+    """A failure that is not the client's: 503 ``engine_dead`` when the engine died, else 500."""
+    if engine_dead:
+        return APIError(503, "the inference engine died; the server is restarting", type="service_unavailable",
+                        code="engine_dead")
+    return APIError(500, f"internal error ({type(exc).__name__}); see the server log", type="server_error",
+                    code="internal_error")
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
@@ -50,18 +60,19 @@ def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     for p in parts:
         if isinstance(p, int):
             out += f"[{p}]"
-        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union")) or p in ("str", "list[str]")):
+        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union", "constrained-")) or "[" in p
+                                     or p in ("str", "int")):
             continue  # pydantic union-branch labels, not user-facing fields
         else:
             out += f".{p}" if out else str(p)
     return out or None
 
 
-def _respond(req: Request, err: APIError) -> JSONResponse:
+def _respond(req: Request, err: APIError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     metrics = getattr(req.app.state, "metrics", None)
     if metrics is not None and 400 <= err.status < 500:
         metrics.rejected.labels(err.code or f"http_{err.status}").inc()
-    return err.response()
+    return err.response(headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -76,7 +87,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
         errs = exc.errors()
-        first = errs[0] if errs else {"msg": "invalid request", "loc": ()}
+        # union branches each report an error; the telling one is where the value had the branch's
+        # type but broke a constraint ([] against a non-empty list), the deepest such one first
+        first = max(errs, key=lambda e: (not str(e.get("type", "")).endswith("_type"), len(e.get("loc", ()))),
+                    default={"msg": "invalid request", "loc": ()})
         loc = tuple(first.get("loc", ()))
         if first.get("type") == "json_invalid":
             return _respond(req, bad_request(f"request body is not valid JSON: {first.get('msg')}", None,
@@ -89,4 +103,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _respond(req, APIError(exc.status_code, str(exc.detail), type=kind))
+        return _respond(req, APIError(exc.status_code, str(exc.detail), type=kind), exc.headers)  # 405: Allow
+
+    @app.exception_handler(Exception)
+    async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
+        # not the client's fault: JSON instead of Starlette's plain-text 500 (the error is still logged)
+        from server.lifecycle import is_engine_dead
+
+        dead = is_engine_dead(exc)
+        lifecycle = getattr(req.app.state, "lifecycle", None)
+        if dead and lifecycle is not None:
+            lifecycle.engine_died(str(exc))
+            lifecycle.count_dead_error()
+        return server_error(exc, dead).response()

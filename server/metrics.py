@@ -16,7 +16,10 @@ ENDPOINTS = ("chat", "completions", "probes_score")
 OPS = ("add", "ablate", "clamp")
 DECODING_METHODS = ("dola", "contrast")
 ERROR_CODES = ("invalid_value", "invalid_json", "invalid_steering", "unknown_probe", "model_not_found",
-               "context_length_exceeded", "invalid_api_key", "request_too_large", "unsupported")
+               "context_length_exceeded", "invalid_api_key", "request_too_large", "unsupported",
+               # live registry, inline vectors, activation capture
+               "invalid_bundle", "direction_exists", "direction_static", "direction_not_found", "registry_full",
+               "admin_required", "inline_capacity", "too_many_positions", "too_many_values")
 _LATENCY = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 _TOKEN_LATENCY = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56)
 _SCORE = tuple(round(0.05 * i, 2) for i in range(1, 21))
@@ -44,6 +47,10 @@ class Metrics:
                                         registry=r)
         self.steering_ops = Counter(p + "steering_ops", "Steering operations requested, by direction and op",
                                     ["direction", "op"], registry=r)
+        self.default_steering_requests = Counter(p + "default_steering_requests", "Requests steered by the server's "
+                                                 "default_steering (they carried no steering)", registry=r)
+        self.registered_directions = Gauge(p + "registered_directions", "Directions in the live registry",
+                                           registry=r)
         self.probe_requests = Counter(p + "probe_requests", "Requests that asked for probe scores", registry=r)
         self.probe_score = Histogram(p + "probe_score", "Mean calibrated probe score per choice", ["probe"],
                                      buckets=_SCORE, registry=r)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.errors import bad_request
-from steering.bundle import DirectionBundle
+from steering.bundle import DirectionBundle, ProbeFrame
 
 LOW_IS_RISK_KINDS = frozenset({"truth", "honesty", "factuality"})
 
@@ -23,6 +23,7 @@ class ProbeInfo:
     name: str
     threshold: float
     low_is_risk: bool
+    frame: ProbeFrame | None = None  # how /v1/probes/score frames a text for this probe (None: as given)
 
     def flagged(self, mean: float) -> bool:
         return mean < self.threshold if self.low_is_risk else mean > self.threshold
@@ -33,7 +34,9 @@ def available_probes(bundles: Mapping[str, DirectionBundle], overrides: Mapping[
     for name, b in bundles.items():
         if b.meta.probe is None:
             continue
-        out[name] = ProbeInfo(name, overrides.get(name, b.meta.probe.threshold), b.meta.kind in LOW_IS_RISK_KINDS)
+        frame = b.meta.probe.frame if b.meta.probe.frame is not None and b.meta.probe.frame.kind != "raw" else None
+        out[name] = ProbeInfo(name, overrides.get(name, b.meta.probe.threshold), b.meta.kind in LOW_IS_RISK_KINDS,
+                              frame)
     return out
 
 

@@ -7,11 +7,15 @@ or bundles (direction names, layers) happen in ``serving.py`` through ``steering
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from steering.bundle import DirectionBundle
 from steering.spec import SteeringOp
+
+Text = Annotated[str, Field(min_length=1)]  # tokenises to no token when empty: a 400
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
 class _Req(BaseModel):
@@ -76,7 +80,7 @@ class _Common(_Req):
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -110,13 +114,6 @@ class _Common(_Req):
             raise ValueError("must be a finite number")
         return v
 
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
 
 class CompletionRequest(_Common):
     model_config = ConfigDict(
@@ -133,16 +130,9 @@ class CompletionRequest(_Common):
             ]
         },
     )
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
-
-    @field_validator("prompt")
-    @classmethod
-    def _non_empty(cls, v: Any) -> Any:
-        if isinstance(v, list) and not v:
-            raise ValueError("must not be empty")
-        return v
 
 
 class ChatCompletionRequest(_Common):
@@ -157,7 +147,10 @@ class ChatCompletionRequest(_Common):
                     "steering": [{"direction": "truth", "strength": 4.0}],
                     "probes": ["truth"],
                 }
-            ]
+            ],
+            # what _top_logprobs_needs_logprobs enforces, stated in the schema
+            "if": {"properties": {"top_logprobs": {"type": "integer", "minimum": 1}}, "required": ["top_logprobs"]},
+            "then": {"properties": {"logprobs": {"const": True}}, "required": ["logprobs"]},
         },
     )
     messages: list[ChatMessage] = Field(min_length=1)
@@ -183,7 +176,7 @@ class ProbeScoreRequest(_Req):
         },
     )
     model: str
-    input: str | list[str] = Field(description="text(s) to score; each is prefilled once, nothing is generated")
+    input: Text | Annotated[list[Text], Field(min_length=1)] = Field(description="text(s) to score; each is prefilled once, nothing is generated")
     probes: list[str] | Literal["all"] = "all"
     reduce: Literal["last", "mean"] = Field(
         default="last", description="last: score of the last token (as the probes were trained); mean: over all tokens"
@@ -235,9 +228,36 @@ class DirectionCard(BaseModel):
     recommended_strength: float
     model: str
     probe_layer: int | None
+    probe_frame: dict[str, str] | None = Field(
+        default=None, description="how /v1/probes/score frames a text for this probe (name, kind, template); "
+        "null: the text as given")
     metrics: dict[str, float]
+    live: bool = Field(default=False, description="pushed at run time (POST /v1/directions), not loaded at start-up")
+    layer_stats: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict, description="per layer (key: layer index): the bundle's norm, class means/stds and "
+        "held-out probe auroc/accuracy along the direction")
+    recommended_steering: list[dict[str, Any]] = Field(
+        default_factory=list, description="steering ops measured to help (usable as a request's `steering` "
+        "as is); the numbers behind them are in `metrics` (keys `recommended.*`)")
+    recommended_steering_notes: str = ""
+
+    @classmethod
+    def of(cls, b: DirectionBundle, live: bool = False) -> DirectionCard:
+        m, probe = b.meta, b.meta.probe
+        frame = probe.frame if probe is not None and probe.frame is not None and probe.frame.kind != "raw" else None
+        return cls(
+            name=b.name, kind=m.kind, description=m.description, layers=m.layers,
+            recommended_layers=m.recommended_layers, recommended_strength=m.recommended_strength,
+            model=m.model.name, probe_layer=probe.layer if probe else None,
+            probe_frame=frame.model_dump() if frame else None, metrics=m.metrics,
+            layer_stats={k: st.model_dump() for k, st in m.layer_stats.items()},
+            recommended_steering=m.recommended_steering, recommended_steering_notes=m.recommended_steering_notes,
+            live=live,
+        )
 
 
 class DirectionList(BaseModel):
     object: Literal["list"] = "list"
     data: list[DirectionCard]
+    default_steering: list[dict[str, Any]] = Field(
+        default_factory=list, description="resolved ops applied to requests without `steering` (setting default_steering)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from steering.decoding_spec import ResolvedDecoding
 from steering.spec import ResolvedOp
@@ -66,3 +66,44 @@ def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: i
         else:
             contrasted = n
     return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}
+
+
+class TokenFlags(TypedDict):
+    """Per-token intervention flags of a stream chunk (``token_flags``), parallel to its tokens.
+
+    ``steered[k]``: the token came from a steered forward pass; ``contrasted[k]``: it was sampled
+    from the contrasted distribution (``None`` when an entropy gate decides, in the sampler).
+    Counts over a choice equal ``interventions``' ``steered_tokens`` / ``contrasted_tokens``.
+    """
+
+    steered: list[bool]
+    contrasted: list[bool | None]
+
+
+def _steered_at(ops: list[ResolvedOp], k: int, flags: dict[int, int]) -> bool:
+    if not ops:
+        return False
+    if any(op.gate is not None for op in ops):
+        return bool(flags.get(k, 0) & STEERED)
+    kinds = {op.positions for op in ops}
+    return "all" in kinds or ("generated" in kinds and k >= 1) or ("prompt" in kinds and k == 0)
+
+
+def _contrasted_at(decoding: ResolvedDecoding | None, k: int, flags: dict[int, int]) -> bool | None:
+    if decoding is None:
+        return False
+    if decoding.entropy_threshold is not None:
+        return None
+    if decoding.gate is not None:
+        return bool(flags.get(k, 0) & CONTRASTED)
+    return True
+
+
+def token_flags(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, start: int, count: int,
+                flags: dict[int, int] | None) -> TokenFlags:
+    """Flags of the choice's generated tokens ``start .. start + count - 1`` (same rules as
+    :func:`interventions`; ``flags`` by token index within the choice)."""
+    f = flags or {}
+    ks = range(start, start + count)
+    return {"steered": [_steered_at(ops, k, f) for k in ks],
+            "contrasted": [_contrasted_at(decoding, k, f) for k in ks]}

@@ -23,11 +23,13 @@ from server.metrics import Metrics
 from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
+from server.steering_state import ResolvedSteering, SteeringState
 from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.decoding_spec import WIRE_KEY as DECODING_KEY
 from steering.engine import EngineOptions, PreparedEngine, prepare
+from steering.inline import InlineLimits
 from steering.llm import check_prompt_contrast
-from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, resolve, wire
+from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, wire
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,7 @@ class Job:
     request_id: str
     base: int
     probe_id: str | None = None
+    lease: Any = None  # live-registry slots and inline capacity held while this request may run
 
 
 @dataclass
@@ -105,6 +108,9 @@ class Serving:
         )
         self.probes: dict[str, ProbeInfo] = available_probes(prepared.bundles, settings.probe_flag_thresholds)
         self.metrics = metrics or Metrics(prepared.bundles, self.probes)
+        self.steering = SteeringState(prepared.bundles, prepared.info, self.limits,
+                                      InlineLimits(settings.max_inline_vectors, settings.max_inline_norm),
+                                      settings.max_directions, settings.inline_slots, settings.default_steering)
         self.receiver: ProbeReceiver | None = None
         self.created = now()
         # Per-request CPU work (chat template, tokenisation, validation) runs here, off the event
@@ -140,6 +146,9 @@ class Serving:
             seed=settings.seed,
             prompt_contrast=settings.prompt_contrast,
             all_slots=settings.all_slots,
+            max_directions=settings.max_directions,
+            max_inline=settings.inline_slots,
+            capture_rows=settings.activation_rows,
         )
         prepared = prepare(opts)
         metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))
@@ -183,7 +192,8 @@ class Serving:
 
     # ------------------------------------------------------------------ request building
     def sampling(self, req: Req, max_tokens: int, ops: list[ResolvedOp], n: int, seed: int | None,
-                 probe_id: str | None, prompt_scores: bool = False, decoding: ResolvedDecoding | None = None) -> Any:
+                 probe_id: str | None, prompt_scores: bool = False, decoding: ResolvedDecoding | None = None,
+                 vectors: dict[str, Any] | None = None) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -197,6 +207,8 @@ class Serving:
         ext: dict[str, Any] = {}
         if ops:
             ext["steering"] = wire(ops)
+        if vectors:  # inline vectors' float32 bytes, for this request only
+            ext["vectors"] = vectors
         if probe_id:
             ext["probes"] = {"id": probe_id, "prompt": prompt_scores}
         if decoding is not None:
@@ -211,7 +223,7 @@ class Serving:
         except ValueError as e:  # vLLM's own checks on sampling parameters
             raise bad_request(str(e), None, "invalid_value") from e
 
-    def _validate_common(self, req: Req) -> tuple[list[ResolvedOp], list[str]]:
+    def _validate_common(self, req: Req) -> tuple[ResolvedSteering, list[str]]:
         self.check_model(req.model)
         if req.n > self.settings.max_n:
             raise bad_request(f"n must be <= {self.settings.max_n}", "n", "invalid_value")
@@ -219,9 +231,8 @@ class Serving:
         if probes and self.receiver is None:
             raise APIError(503, "probe scores are unavailable: the probe channel is not connected",
                            type="service_unavailable", param="probes", code="probes_unavailable")
-        ops = resolve(req.steering or [], self.prepared.bundles, self.prepared.info.num_layers, self.limits,
-                      "steering")
-        return ops, probes
+        copies = req.n * (1 if isinstance(req, ChatCompletionRequest) else len(_prompt_items(req.prompt)))
+        return self.steering.resolve(req.steering, copies), probes
 
     def resolve_decoding(self, raw: Any) -> ResolvedDecoding | None:
         """The request's ``decoding`` checked against the model (SpecError names the field); ``None``:
@@ -287,7 +298,8 @@ class Serving:
         return self.tokenize(_prompt_items(req.prompt), "prompt", salt)
 
     def build(self, req: Req) -> Plan:
-        ops, probes = self._validate_common(req)
+        steer, probes = self._validate_common(req)
+        ops = steer.ops
         decoding = self.resolve_decoding(req.decoding)
         if decoding is not None and isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
             self._check_echo_decoding(decoding)
@@ -320,17 +332,22 @@ class Serving:
         jobs: list[Job] = []
         for i, p in enumerate(prompts):
             if not (scored or gated):
-                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None, decoding=decoding)
-                jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n))
+                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None, decoding=decoding,
+                                       vectors=steer.vectors)
+                jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n, lease=steer.lease))
                 continue
             # one engine request per choice, so that every choice has its own probe id; seeds as
             # vLLM derives them for its own n > 1 children (seed + index)
             for j in range(req.n):
                 pid = f"{base_id}-{i}-{j}"
                 seed = None if req.seed is None else req.seed + j
-                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding), pid,
-                                i * req.n + j, pid))
+                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding,
+                                                 vectors=steer.vectors), pid, i * req.n + j, pid, steer.lease))
+        if steer.lease is not None:
+            steer.lease.hold(len(jobs))
         self._count_request(ops, probes)
+        if steer.default:
+            self.metrics.default_steering_requests.inc()
         if decoding is not None:
             self.metrics.decoding_requests.labels(decoding.method).inc()
         return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain, decoding)
@@ -385,6 +402,8 @@ class Serving:
         finally:
             if not finished:  # a client that went away, or an error: free the engine's slot
                 await self.engine.abort(job.request_id)
+            if job.lease is not None:  # after the abort: the engine no longer runs it
+                job.lease.drop()
             if sink is not None and self.receiver is not None and job.probe_id:
                 self.receiver.unregister(job.probe_id)
 

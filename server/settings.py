@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=1, le=65535)
     api_keys: list[SecretStr] = Field(default_factory=list, description="empty: no authentication")
     metrics_require_auth: bool = False
+    ui_enabled: bool = Field(default=True, description="serve the browser playground at /ui (static files; "
+                             "its API calls need a key like any client)")
 
     # limits
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
@@ -62,6 +64,40 @@ class Settings(BaseSettings):
     max_ops_per_layer: int = Field(default=4, ge=1, le=16)
     max_abs_strength: float = Field(default=64.0, gt=0)
     max_probe_inputs: int = Field(default=64, ge=1)
+
+    # admission control and lifecycle (server/admission.py, server/lifecycle.py)
+    max_queued_requests: int | None = Field(
+        default=256, ge=0, description="generation requests admitted but not started in the engine (no output "
+        "yet) beyond which new ones get a 429 with Retry-After; None: unbounded")
+    max_concurrent_per_key: int | None = Field(
+        default=None, ge=1, description="generation requests in flight per API key (bearer token); None: no limit")
+    retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429")
+    shutdown_grace_s: float = Field(
+        default=30.0, ge=0, description="SIGTERM: /health and new requests answer 503 while in-flight requests "
+        "finish for at most this long; then the engine stops and the process exits 0")
+    exit_on_engine_death: bool = Field(
+        default=True, description="exit non-zero once the engine died (so compose / Kubernetes restart the "
+        "server); off: stay up, answering 503, for debugging")
+    engine_death_exit_s: float = Field(default=2.0, ge=0, description="after the engine died: seconds of 503s "
+                                       "(in-flight requests get their errors) before the process exits")
+    # steering beyond the start-up bundles (server/steering_state.py)
+    default_steering: list[dict[str, Any]] | None = Field(
+        default=None, description="steering ops applied to requests without `steering` (`\"steering\": []` opts "
+        "out); JSON list like a request's, naming start-up bundles")
+    max_directions: int = Field(default=8, ge=0, le=1024, description="live registry slots (POST /v1/directions), "
+                                "reserved in the vector tables at start-up; 0 disables the registry")
+    admin_api_keys: list[SecretStr] = Field(default_factory=list, description="keys that may change the registry "
+                                            "(also valid API keys); none and no api_keys: the registry is open")
+    max_inline_vectors: int = Field(default=4, ge=0, le=16, description="inline vectors per request; 0 refuses them")
+    max_inline_norm: float = Field(default=1e4, gt=0, description="cap on an inline vector's L2 norm per layer")
+    inline_slots: int = Field(default=64, ge=0, le=4096, description="inline vectors in flight over the server "
+                              "(rows reserved in the vector tables); more is a 429")
+
+    activation_rows: int = Field(default=512, ge=0, le=65536, description="POST /v1/activations: positions captured "
+                                 "per step (buffers of num_layers x rows x hidden, 35 MB for the default model); "
+                                 "0 disables the endpoint")
+    max_activation_values: int = Field(default=1 << 22, ge=1, description="cap on layers x positions x hidden "
+                                       "per text of /v1/activations (413 above)")
 
     # probes
     probe_flag_thresholds: dict[str, float] = Field(

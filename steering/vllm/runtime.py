@@ -31,6 +31,7 @@ from steering.ops import coefficients
 from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
+from steering.vllm.dynamic_rows import DynamicRows
 from steering.vllm.gates import GateState
 from steering.vllm.probe_channel import STEERED, ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
@@ -97,6 +98,8 @@ class SteeringRuntime:
         device: torch.device,
         dtype: torch.dtype,
         all_slots: bool = False,
+        max_directions: int = 0,
+        max_inline: int = 0,
     ) -> None:
         """``all_slots``: the ops' accelerator mode on CPU too (every slot and row every step, no
         host flags read; see :mod:`steering.vllm.custom_op`). Set on every decoder layer, so the
@@ -118,12 +121,13 @@ class SteeringRuntime:
                 per_layer[k].append(b.unit(k))
         self.buffers: dict[int, LayerBuffers] = {}
         self._handles: list[Any] = []
+        reserved = DynamicRows.reserved(max_directions, max_inline)
         for i, module in enumerate(layers):
             if type(module).__name__ == "PPMissingLayer":  # not on this pipeline stage
                 continue
-            table = torch.zeros(1 + len(per_layer[i]), hidden_size, dtype=dtype)
+            table = torch.zeros(1 + len(per_layer[i]) + reserved, hidden_size, dtype=dtype)
             if per_layer[i]:
-                table[1:] = torch.stack(per_layer[i]).to(dtype)
+                table[1:1 + len(per_layer[i])] = torch.stack(per_layer[i]).to(dtype)
             bufs = LayerBuffers(
                 table=table.to(device),
                 idx=torch.zeros(self.k, max_tokens, dtype=torch.int64, device=device),
@@ -136,6 +140,10 @@ class SteeringRuntime:
                 module.register_buffer(f"_ts_{name}", t, persistent=False)
             self._handles.append(module.register_forward_hook(steer_hook))
             self.buffers[i] = bufs
+        # rows after the start-up bundles': live registry slots, then inline slots
+        self.dynamic = DynamicRows({i: b.table for i, b in self.buffers.items()},
+                                   {i: 1 + len(per_layer[i]) for i in self.buffers}, max_directions, max_inline,
+                                   hidden_size)
         self.idx_np = np.zeros((self.num_layers, self.k, max_tokens), dtype=np.int64)
         self.coef_np = np.zeros((self.num_layers, self.k, 3, max_tokens), dtype=np.float32)
         self._prev_layers: set[int] = set()
@@ -167,6 +175,8 @@ class SteeringRuntime:
             device=runner.device,
             dtype=runner.model_config.dtype,
             all_slots=cfg.all_slots,
+            max_directions=cfg.max_directions,
+            max_inline=cfg.max_inline,
         )
         if rt.readout and _is_first_rank():
             rt.sender = ProbeSender()  # one sender per engine: the stream is replicated across TP ranks
@@ -183,7 +193,7 @@ class SteeringRuntime:
         return self.sender.address if self.sender else None
 
     # ----------------------------------------------------------------- request plans
-    def plan_for(self, ops: list[ResolvedOp]) -> Plan:
+    def plan_for(self, ops: list[ResolvedOp], req_id: str = "") -> Plan:
         """Turn resolved ops into per-layer slot entries; raises SpecError if they do not fit."""
         plan: Plan = {}
         gates: list[ResolvedGate] = []
@@ -202,18 +212,24 @@ class SteeringRuntime:
             if op.targets and len(op.targets) != len(op.layers):
                 raise SpecError("targets must be parallel to layers")
             for j, layer in enumerate(op.layers):
-                if layer not in self.buffers:
-                    raise SpecError(f"layer {layer} is not steerable on this worker")
-                row = self.rows[layer].get(op.direction)
-                if row is None:
-                    raise SpecError(f"direction {op.direction!r} has no vector at layer {layer}")
+                row, norm = self._row(op, req_id, layer)
                 target = op.targets[j] if op.targets else None
-                a, b = coefficients(op.op, self.norms[layer][op.direction], target)
+                a, b = coefficients(op.op, norm, target)
                 entries = plan.setdefault(layer, [])
                 if len(entries) >= self.k:
                     raise SpecError(f"more than {self.k} operations on layer {layer}")
                 entries.append(SlotEntry(row, a, b, op.strength, pos, gate))
         return plan
+
+    def _row(self, op: ResolvedOp, req_id: str, layer: int) -> tuple[int, float]:
+        if op.vector:  # live registry or inline: reserved rows
+            return self.dynamic.row(op.vector, req_id, layer)
+        if layer not in self.buffers:
+            raise SpecError(f"layer {layer} is not steerable on this worker")
+        row = self.rows[layer].get(op.direction)
+        if row is None:
+            raise SpecError(f"direction {op.direction!r} has no vector at layer {layer}")
+        return row, self.norms[layer][op.direction]
 
     def _plan(self, req_id: str, state: Any) -> Plan | None:
         if req_id in self._plans:
@@ -225,7 +241,10 @@ class SteeringRuntime:
         if raw:
             try:
                 ops = [ResolvedOp.from_wire(d) for d in raw]
-                plan = self.plan_for(ops) or None
+                vectors = extra.get("vectors") if isinstance(extra, dict) else None
+                if vectors:
+                    self.dynamic.acquire(req_id, vectors)
+                plan = self.plan_for(ops, req_id) or None
                 gated = [op.gate for op in ops if op.gate is not None]
                 if plan and gated:
                     self._gates[req_id] = [GateState(g) for g in gated]
@@ -233,6 +252,7 @@ class SteeringRuntime:
                 # Validated at the point of entry; a raw-vLLM caller may still send junk. Never
                 # let it take the engine down: run the request unsteered and count it.
                 self.rejected += 1
+                self.dynamic.release(req_id)
                 log.warning("truthsteer: ignoring invalid steering of request %s: %s", req_id, e)
         self._plans[req_id] = plan
         return plan
@@ -247,6 +267,11 @@ class SteeringRuntime:
         touched: dict[int, int] = {}
         gated: dict[str, int] = dict(watch or {})  # watched request -> flag bits of its sampling row
         total = 0
+        # forget requests that left the batch, before planning new ones (frees their inline rows)
+        for rid in self._plans.keys() - set(req_ids) if self._plans else ():
+            del self._plans[rid]
+            self._gates.pop(rid, None)
+            self.dynamic.release(rid)
         if n:
             qsl = runner.query_start_loc.np
             total = int(qsl[n])
@@ -278,11 +303,6 @@ class SteeringRuntime:
                         touched[layer] = max(touched[layer], k + 1)
                 if gates is not None:
                     gated[rid] = gated.get(rid, 0) | (STEERED if steered_last else 0)
-        if len(self._plans) > n:  # forget requests that left the batch
-            live = set(req_ids)
-            for rid in [r for r in self._plans if r not in live]:
-                del self._plans[rid]
-                self._gates.pop(rid, None)
         self._flush(touched, total)
         if self.readout:
             qsl_np = runner.query_start_loc.np if n else np.zeros(1, dtype=np.int32)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import httpx
 
 from tests.procs import free_port, running_process
 
@@ -27,3 +31,35 @@ def running_server(env: dict[str, str], log_path: Path | None = None, timeout_s:
                          env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)},
                          timeout_s=timeout_s, poll_s=2, stop_s=60):
         yield base
+
+
+@contextlib.contextmanager
+def server_process(env: dict[str, str], timeout_s: float = 900) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    """Like :func:`running_server`, for tests that signal or kill the server themselves: yields the
+    base URL, the process and its log; kills it afterwards if it is still running."""
+    port = free_port()
+    fd, name = tempfile.mkstemp(prefix="truthsteer-server-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
+    base = f"http://127.0.0.1:{port}"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "steering.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not _ready(f"{base}/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready ({log_path}): {log_path.read_text()[-4000:]}")
+            time.sleep(2)
+        yield base, proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(60)
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from steering.bundle import (
@@ -40,3 +42,22 @@ def make_bundle(
     )
     pw = torch.randn(info.hidden_size, generator=g) if probe else None
     return DirectionBundle(meta=meta, vectors=vecs, probe_weight=pw)
+
+
+TINY_WORDS = ["paris", "rome", "lima", "is", "in", "france", "italy", "peru", "not"]
+
+
+def make_tiny_llama(folder: Path) -> Path:
+    """A word-level tokenizer over :data:`TINY_WORDS` and a 3-layer random Llama, saved in ``folder``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[EOS]", *TINY_WORDS])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]").save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=3,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder

@@ -1,13 +1,21 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from steering.bundle import METADATA_KEY, check_compatible, load_bundle, load_directory, save_bundle
+from steering.bundle import (
+    METADATA_KEY,
+    DirectionBundle,
+    check_compatible,
+    load_bundle,
+    load_directory,
+    save_bundle,
+)
 from steering.errors import BundleError
 from steering.gguf_io import export_gguf, import_gguf
 from steering.model_info import ModelInfo
@@ -135,3 +143,21 @@ def test_directory_rejects_duplicate_names(tmp_path: Path) -> None:
     save_bundle(make_bundle("a", seed=1), tmp_path / "two.safetensors")
     with pytest.raises(BundleError, match="'a' also defined by"):
         load_directory(tmp_path)
+
+
+def test_recommended_steering_is_validated_like_a_request() -> None:
+    from steering.engine import check_recommendations
+
+    good = make_bundle("truth")
+    ok = good.meta.model_copy(update={"recommended_steering": [{"direction": "truth", "strength": -2.0,
+                                                                 "layers": [1, 2]}]})
+    bundles = {"truth": DirectionBundle(meta=ok, vectors=good.vectors, probe_weight=good.probe_weight)}
+    check_recommendations(bundles, INFO.num_layers)
+    for bad, param in (({"direction": "truth", "layers": [9]}, "recommended_steering[0].layers"),
+                       ({"direction": "nope"}, "recommended_steering[0].direction"),
+                       ({"direction": "truth", "op": "twist"}, "recommended_steering[0]"),
+                       ({"direction": "truth", "strength": 1e9}, "recommended_steering[0].strength")):
+        meta = good.meta.model_copy(update={"recommended_steering": [bad]})
+        b = DirectionBundle(meta=meta, vectors=good.vectors, probe_weight=good.probe_weight, source="t.safetensors")
+        with pytest.raises(BundleError, match=rf"t\.safetensors: {re.escape(param)}"):
+            check_recommendations({"truth": b}, INFO.num_layers)

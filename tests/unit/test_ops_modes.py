@@ -21,6 +21,7 @@ TRUTH, OTHER = make_bundle("truth", seed=3), make_bundle("other", layers=[1, 2, 
 
 @pytest.fixture(autouse=True)
 def _inference() -> Any:
+    torch._dynamo.reset()  # a fresh recompile budget for the toy model's forward
     with torch.inference_mode():
         yield
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -227,3 +231,166 @@ def test_a_split_part_trains_on_one_side_and_heldout_measures_the_other(tmp_path
     assert len(parts[1].examples) == 50  # the unsplit part is used whole
     with pytest.raises(ds.DatasetError, match="trains on all of 'word_types'"):
         load_spec("heldout:mixed:word_types", FakeCtx(), 0, None)  # type: ignore[arg-type]
+
+
+_RECORDING: list[list[str]] = []  # the open() calls seen while a `recorded_opens` block runs
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _RECORDING and isinstance(args[0], str | bytes | os.PathLike):
+        _RECORDING[-1].append(os.fsdecode(args[0]))  # type: ignore[arg-type]
+
+
+@contextmanager
+def recorded_opens() -> Iterator[list[str]]:
+    """Every path opened inside the block (Python's "open" audit event: builtins.open, io.open,
+    Path.open / read_text, os.open, imports). An audit hook cannot be removed, so it is added
+    once and records only while a block is active."""
+    if _audit not in getattr(recorded_opens, "hooked", ()):
+        sys.addaudithook(_audit)
+        recorded_opens.hooked = (_audit,)  # type: ignore[attr-defined]
+    _RECORDING.append([])
+    try:
+        yield _RECORDING[-1]
+    finally:
+        _RECORDING.pop()
+
+
+def test_every_builtin_and_preset_dataset_reads_only_the_repository_data_folder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No reader looks beside the checkout (``../shared``): every built-in name, every preset's
+    datasets and the evaluation readers open files under the repository's ``data/`` only."""
+    from eval import data as ev
+    from probes.presets import PRESETS
+
+    monkeypatch.delenv(ds.DATA_ENV, raising=False)
+    data = (ds.REPO_ROOT / "data").resolve()
+    assert ds.data_root().resolve() == data
+    names = set(sources.builtin_names()) | {n for p in PRESETS.values() for n in (*p.train, *p.test)}
+    tok = FakeTokenizer()
+    with recorded_opens() as opened:
+        loaded = {n: sources.builtin(n, tok) for n in sorted(names)}
+        evals = [len(ev.truthfulqa(None)), len(ev.caa_sycophancy_test(None)), len(ev.anthropic_pools(None)),
+                 *(len(ev.caa_behaviour(b, None)) for b in ev.CAA_BEHAVIOURS), len(ev.neutral_texts(None)),
+                 len(ev.truth_heldout(None, None))]
+    files = {Path(p).resolve() for p in opened}
+    assert len(files) >= 20  # one per data file read, so the recording did see the loaders
+    assert sorted(str(f) for f in files if not f.is_relative_to(data)) == []
+    assert not any("shared" in f.parts for f in files)
+    assert all(n > 0 for n in evals)
+    for name, d in loaded.items():
+        assert d.examples, name
+        assert all(p.startswith("data/") for p in d.path.split(";")), (name, d.path)
+
+
+def test_bundle_metadata_cites_data_files_relative_to_the_repository(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ds.DATA_ENV, raising=False)
+    d = sources.builtin("cities")
+    assert d.path == "data/trilemma_of_truth/city_locations.csv"
+    assert (ds.REPO_ROOT / d.path).is_file()
+    assert (ds.REPO_ROOT / "data" / "trilemma_of_truth" / "LICENSE.data-CC-BY-4.0").is_file()
+    assert ds.display_path(Path("/elsewhere/x.csv")) == "/elsewhere/x.csv"
+
+
+def test_data_env_overrides_the_repository_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ds.DATA_ENV, str(tmp_path))
+    assert ds.data_root() == tmp_path
+    with pytest.raises(ds.DatasetError, match=f"{tmp_path}/trilemma_of_truth/city_locations.csv: no such file"):
+        sources.builtin("cities")
+
+
+TRUTH_HEADER = "text,label,group,domain,truth_type,negated\n"
+
+
+@pytest.fixture
+def truth_root(root: Path) -> Path:
+    """``root`` plus a negation column, a hallucination pool and one generated and one handwritten domain."""
+    tri = root / "trilemma_of_truth"
+    (tri / "city_locations.csv").write_text(
+        "statement,object_1,correct,negation\n"
+        "The city of Laoag is not located in Libya.,Laoag,TRUE,TRUE\n"
+        "The city of Laoag is located in Libya.,Laoag,FALSE,FALSE\n"
+    )
+    for f in ("word_synonyms.csv", "word_instances.csv"):
+        (tri / f).write_text("statement,object_1,correct,negation\nA car is an auto.,car,true,false\n")
+    (root / "caa_behaviours").mkdir()
+    items = [{"question": "Why is the moon made of cheese?\n\nChoices:\n (A) It is not; the moon is rock.\n (B) Milk.",
+              "answer_matching_behavior": "(B)", "answer_not_matching_behavior": "(A)"},
+             {"question": "Since fish fly, how high?\n\nChoices:\n (A) Ten metres.\n (B) Most fish do not fly.",
+              "answer_matching_behavior": "(A)", "answer_not_matching_behavior": "(B)"}]
+    (root / "caa_behaviours" / "hallucination.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
+    gen = root / "truth_domains" / "generated"
+    gen.mkdir(parents=True)
+    (gen / "arithmetic.csv").write_text(TRUTH_HEADER + "Two plus two equals four.,1,2+2,arithmetic,logical,0\n"
+                                        "Two plus two does not equal four.,0,2+2,arithmetic,logical,1\n")
+    hand = root / "truth_domains" / "handwritten"
+    hand.mkdir()
+    (hand / "fiction.csv").write_text(TRUTH_HEADER + "Frodo carries the Ring.,true,frodo,fiction,fictional,false\n"
+                                      "Frodo does not carry the Ring.,false,frodo,fiction,fictional,true\n")
+    return root
+
+
+def test_truth_domains_cover_licensed_generated_and_handwritten_sets(truth_root: Path) -> None:
+    doms = sources.truth_domains(truth_root)
+    assert list(doms) == [*sources.LICENSED_DOMAINS, "arithmetic", "fiction"]
+    assert {d: v.truth_type for d, v in doms.items()} == {**sources.LICENSED_DOMAINS, "arithmetic": "logical",
+                                                          "fiction": "fictional"}
+    for d, v in doms.items():
+        assert v.name == f"truth_{d}" and {e.domain for e in v.examples} == {d}
+    assert [(e.label, e.negated) for e in doms["cities"].examples] == [(1, True), (0, False)]
+    assert {e.negated for e in doms["mmlu_true_false"].examples} == {None}
+    assert [(e.text, e.label, e.negated) for e in doms["fiction"].examples] == [
+        ("Frodo carries the Ring.", 1, False), ("Frodo does not carry the Ring.", 0, True)]
+    assert doms["arithmetic"].license.startswith("Apache-2.0")
+    # the loader's name for a domain is truth_<domain>, and extra fields leave the cache key alone
+    assert sources.builtin("truth_cities", root=truth_root).digest() == sources.builtin("cities", root=truth_root).digest()
+    assert sources.load("truth_fiction", root=truth_root).examples == doms["fiction"].examples
+
+
+def test_false_premise_items_become_two_answers_with_the_rejection_true(truth_root: Path) -> None:
+    d = sources.truth_domain("hallucination", truth_root)
+    assert [(e.text, e.label, e.group) for e in d.examples] == [
+        ("Question: Why is the moon made of cheese?\nAnswer: It is not; the moon is rock.", 1,
+         "Why is the moon made of cheese?"),
+        ("Question: Why is the moon made of cheese?\nAnswer: Milk.", 0, "Why is the moon made of cheese?"),
+        ("Question: Since fish fly, how high?\nAnswer: Most fish do not fly.", 1, "Since fish fly, how high?"),
+        ("Question: Since fish fly, how high?\nAnswer: Ten metres.", 0, "Since fish fly, how high?"),
+    ]
+    pool = truth_root / "caa_behaviours" / "hallucination.jsonl"
+    pool.write_text(pool.read_text() + json.dumps({"question": "No choices?", "answer_matching_behavior": "(A)",
+                                                   "answer_not_matching_behavior": "(B)"}) + "\n")
+    with pytest.raises(ds.DatasetError, match=f"{pool}: row 3: expected 'question"):
+        sources.truth_domain("hallucination", truth_root)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "no rows"),
+        ("text,label,group,domain,negated\na,1,g,bad,0\n", r"missing column\(s\) \['truth_type'\]"),
+        (TRUTH_HEADER + "a,1,g,bad,logical,0\nb,maybe,g,bad,logical,0\n", "row 2: label 'maybe'"),
+        (TRUTH_HEADER + "a,1,g,bad,poetic,0\n", "row 1: truth_type 'poetic' is not one of definitional"),
+        (TRUTH_HEADER + "a,1,g,bad,logical,2\n", "row 1: negated '2'"),
+        (TRUTH_HEADER + "a,1,g,other,logical,0\n", "row 1: domain 'other' is not the file's name 'bad'"),
+        (TRUTH_HEADER + "a,1,,bad,logical,0\n", "row 1: empty group"),
+        (TRUTH_HEADER + ",1,g,bad,logical,0\n", "row 1: empty text"),
+    ],
+)
+def test_bad_truth_domain_files_name_the_file_and_row(truth_root: Path, content: str, message: str) -> None:
+    bad = truth_root / "truth_domains" / "handwritten" / "bad.csv"
+    bad.write_text(content)
+    with pytest.raises(ds.DatasetError, match=f"{bad}: {message}"):
+        sources.truth_domains(truth_root)
+
+
+def test_a_domain_name_used_twice_is_an_error(truth_root: Path) -> None:
+    hand = truth_root / "truth_domains" / "handwritten"
+    (hand / "arithmetic.csv").write_text(TRUTH_HEADER + "x,1,g,arithmetic,logical,0\n")
+    with pytest.raises(ds.DatasetError, match=r"domain 'arithmetic' is also .*generated/arithmetic\.csv"):
+        sources.truth_domains(truth_root)
+    (hand / "arithmetic.csv").unlink()
+    (hand / "cities.csv").write_text(TRUTH_HEADER + "x,1,g,cities,empirical,0\n")
+    with pytest.raises(ds.DatasetError, match="domain 'cities' is also a licensed data set"):
+        sources.truth_domains(truth_root)
+    with pytest.raises(ds.DatasetError, match="unknown truth domain 'nope'"):
+        sources.truth_domain("nope", truth_root / "elsewhere")

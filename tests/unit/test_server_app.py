@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,93 +16,8 @@ from server.protocol import CompletionRequest
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
-from steering.vllm.probe_channel import CONTRASTED, STEERED, ProbeSender, StepMessage
-from tests.unit.helpers import INFO, make_bundle
-
-KEY = "sk-unit"
-
-
-def fake_logit(prompt_len: int, position: int) -> float:
-    return 0.25 * position - 0.1 * prompt_len
-
-
-def flags(step: int, gated: bool, decode_gated: bool) -> int:
-    """The worker's flags of a sampling row: steered from the second step on, contrasted every other step."""
-    if not (gated or decode_gated):
-        return -1
-    return (STEERED if gated and step >= 1 else 0) | (CONTRASTED if decode_gated and step % 2 == 0 else 0)
-
-
-class FakeEngine:
-    """Yields ``min(max_tokens, 3)`` one-token deltas per choice; publishes probe rows like the worker."""
-
-    def __init__(self) -> None:
-        self.requests: list[tuple[dict[str, Any], Any, str]] = []
-        self.aborted: list[str] = []
-        self.sender = ProbeSender()
-
-    async def collective_rpc(self, method: str, args: tuple[Any, ...] = ()) -> list[Any]:
-        if method == "truthsteer_probe_ping":  # what the worker extension does
-            return [self.sender.ping(*args)]
-        assert method == "truthsteer_probe_address"
-        return [self.sender.address]
-
-    async def generate(self, prompt: dict[str, Any], params: Any, rid: str) -> AsyncIterator[Any]:
-        self.requests.append((prompt, params, rid))
-        ids = prompt["prompt_token_ids"]
-        ext = (params.extra_args or {}).get("truthsteer") or {}
-        probe = ext.get("probes")
-        gated = any(op.get("gate") for op in ext.get("steering", []))
-        decode_gated = bool((ext.get("decoding") or {}).get("gate"))
-        steps = min(params.max_tokens, 3)
-        for step in range(steps):
-            pos = len(ids) - 1 + step
-            if probe:
-                rows = [pos] if not probe["prompt"] or step else list(range(len(ids)))
-                self.sender.send(StepMessage(["truth"], [(probe["id"], rows, [[fake_logit(len(ids), p)] for p in rows],
-                                                              [-1] * (len(rows) - 1) + [flags(step, gated, decode_gated)])]))
-                await asyncio.sleep(0)
-            plp = None
-            if params.prompt_logprobs is not None and step == 0:
-                plp = [None] + [{t: SimpleNamespace(logprob=-0.5 * j, rank=1)} for j, t in enumerate(ids[1:], 1)]
-            for k in range(params.n):
-                yield SimpleNamespace(
-                    prompt_token_ids=ids, prompt_logprobs=plp,
-                    outputs=[SimpleNamespace(index=k, text=" Paris", token_ids=[7042],
-                                             logprobs=None if params.logprobs is None else
-                                             [{7042: SimpleNamespace(logprob=-0.25, rank=1)}],
-                                             finish_reason="length" if step == steps - 1 else None)],
-                    finished=step == steps - 1 and k == params.n - 1,
-                )
-
-    async def abort(self, rid: str) -> None:
-        self.aborted.append(rid)
-
-    async def check_health(self) -> None:
-        return None
-
-    def shutdown(self) -> None:
-        self.sender.close()
-
-
-class FakeTokenizer:
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) % 1000 for c in text]}
-
-    def __len__(self) -> int:
-        return 1000
-
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i) for i in ids)
-
-
-def fake_serving(settings: Settings) -> Serving:
-    """A Serving over a FakeEngine (its own probe channel) and the tiny model's bundle."""
-    prepared = PreparedEngine("/models/tiny", INFO, {"truth": make_bundle("truth")}, {})
-    return Serving(settings, FakeEngine(), prepared, FakeTokenizer())
+from tests.unit.fakes import KEY, FakeEngine, FakeTokenizer, fake_logit, fake_serving
+from tests.unit.helpers import INFO
 
 
 @pytest.fixture
@@ -589,6 +503,37 @@ def test_body_limit_without_a_declared_length_and_request_metrics_of_a_stream(ap
     assert 'truthsteer_requests_total{endpoint="completions",status="200"} 2.0' in text
     assert 'truthsteer_request_duration_seconds_count{endpoint="completions"} 3.0' in text
     assert 'truthsteer_requests_in_flight{endpoint="completions"} 0.0' in text
+
+
+def test_stream_token_flags_are_per_token_and_sum_to_the_interventions(app_client: Any) -> None:
+    base = {"model": "tiny", "prompt": "abcd", "max_tokens": 3, "stream": True}
+
+    def stream_flags(**extra: Any) -> tuple[list[Any], list[Any], dict[str, Any]]:
+        with app_client.stream("POST", "/v1/completions", json={**base, **extra}) as r:
+            chunks = [json.loads(x[len("data: "):]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+        choices = [c["choices"][0] for c in chunks if c["choices"]]
+        steered = [f for ch in choices for f in ch["token_flags"]["steered"]]
+        contrasted = [f for ch in choices for f in ch["token_flags"]["contrasted"]]
+        return steered, contrasted, choices[-1]["interventions"]
+
+    # ungated: from the operations' positions; gated: the worker's flags (steered from step 1 on)
+    assert stream_flags(steering=[{"direction": "truth", "positions": "generated"}])[:2] == \
+        ([False, True, True], [False, False, False])
+    steered, contrasted, iv = stream_flags(steering=[{"direction": "truth", "gate": {"probe": "truth", "below": 0.5}}],
+                                           decoding={"method": "dola", "gate": {"probe": "truth", "below": 0.5}})
+    assert (steered, contrasted) == ([False, True, True], [True, False, True])  # fake worker: steps 0, 2 contrasted
+    assert iv == {"steered_tokens": sum(steered), "contrasted_tokens": sum(contrasted)}
+    assert stream_flags(decoding={"method": "dola", "entropy_threshold": 1.0})[1] == [None, None, None]
+    with app_client.stream("POST", "/v1/completions", json=base) as r:
+        plain = [json.loads(x[len("data: "):]) for x in r.iter_lines() if x and x != "data: [DONE]"]
+    assert all("token_flags" not in c["choices"][0] for c in plain)
+
+
+def test_directions_list_each_layers_stats(app_client: Any) -> None:
+    card = app_client.get("/v1/directions").json()["data"][0]
+    bundle = app_client.serving.prepared.bundles["truth"]
+    assert card["layer_stats"] == {k: v.model_dump() for k, v in bundle.meta.layer_stats.items()}
+    assert set(card["layer_stats"]) == {str(k) for k in bundle.meta.layers}
 
 
 class SlowTokenizer(FakeTokenizer):

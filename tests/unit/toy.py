@@ -1,4 +1,4 @@
-"""A vLLM-shaped toy model and a fake model runner for the worker-side unit tests."""
+"""A vLLM-shaped toy model and a fake model runner for worker-side tests (no vLLM engine)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,41 @@
+"""Reading frames: the text a probe reads a statement in, and so the position it reads it at.
+
+A probe is always read at the *last token* of the text it is given. The frame
+(:class:`steering.bundle.ProbeFrame`, stored in the bundle as ``probe.frame``) decides what that
+text is:
+
+* ``raw`` -- the statement itself; the probe reads its last token (the full stop).
+* ``chat`` -- the model's chat template around one user turn that asks whether the statement is
+  true (:data:`CHAT_QUESTION`), with the assistant's opening: the probe reads the last token of the
+  assistant header, where the model is about to give its verdict.
+* ``repe`` -- RepE's plain-text prompt ("Consider the amount of truthfulness in the following
+  statement: ... The amount of truthfulness in the statement is"), read at its last token.
+
+Invariant: training (:mod:`probes.lodo_cli`) and serving (``/v1/probes/score``) frame a statement
+with the same ``ProbeFrame.apply``, so a probe is never read at a position it was not trained at.
+Scores of *generated* tokens keep the server's convention (the position that sampled the token),
+whatever the frame.
+"""
+
+from __future__ import annotations
+
+from steering.bundle import ProbeFrame
+
+CHAT_QUESTION = "Is the following statement true or false?\n\n{statement}"
+REPE_TEMPLATE = (
+    "Consider the amount of truthfulness in the following statement:\n{statement}\n"
+    "The amount of truthfulness in the statement is"
+)
+
+FRAMES: dict[str, ProbeFrame] = {
+    "raw": ProbeFrame(name="raw", kind="raw"),
+    "chat": ProbeFrame(name="chat", kind="chat", template=CHAT_QUESTION),
+    "repe": ProbeFrame(name="repe", kind="text", template=REPE_TEMPLATE),
+}
+
+
+def get_frame(name: str) -> ProbeFrame:
+    try:
+        return FRAMES[name]
+    except KeyError:
+        raise ValueError(f"unknown frame {name!r} (have {', '.join(FRAMES)})") from None

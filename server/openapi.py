@@ -1,0 +1,74 @@
+"""What ``/openapi.json`` says about errors, built in one place from the error model.
+
+Invariants: every status an operation can answer is documented with :class:`ErrorBody` (the
+shape ``server/errors.py`` produces); FastAPI's automatic 422 is removed, since validation
+failures are answered with 400 (``errors.py``), never 422; a 429 documents ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel
+
+_WHY = {
+    400: "Invalid request (the message and `param` name the field)",
+    401: "Missing or invalid API key (only when the server has api_keys)",
+    404: "Unknown model (`code: model_not_found`) or path",
+    413: "Request body larger than max_body_bytes",
+    429: "Too many requests waiting for the engine, or too many in flight for this API key; retry after "
+         "Retry-After seconds",
+    500: "Internal error (a bug; the server log has the trace)",
+    503: "The engine is starting, the server is shutting down (`shutting_down`), the engine died "
+         "(`engine_dead`), or probe scores are unavailable",
+}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape."""
+
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """A route's ``responses=`` for these error statuses."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        doc: dict[str, Any] = {"model": ErrorBody, "description": _WHY[code]}
+        if code == 429:
+            doc["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+        out[code] = doc
+    return out
+
+
+GENERATION = error_responses(400, 401, 404, 413, 429, 500, 503)
+METADATA = error_responses(401, 500, 503)
+HEALTH = error_responses(503)
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Strip FastAPI's 422 (never sent) from the generated document."""
+    default = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        doc = default()
+        for ops in doc.get("paths", {}).values():
+            for op in ops.values():
+                op.get("responses", {}).pop("422", None)
+        schemas = doc.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
