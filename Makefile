@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch gpu-check integration-tp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -90,6 +90,11 @@ integration: model
 test: model lint prometheus-tools ui-tools
 	$(BIN)/pytest -q tests
 
+# Tensor parallelism on the CPU backend (TP=3 vs TP=1 on the default model; not part of `make test`,
+# see docs/bench.md for its time).
+integration-tp: model
+	$(BIN)/pytest -q -m tp tests/integration/test_parallel_modes.py
+
 # prometheus + promtool for tests/deploy (Debian package). Best effort: where it cannot be
 # installed (no root, no apt), the promtool/Prometheus tests skip and say why.
 prometheus-tools:
@@ -115,6 +120,12 @@ bench: model
 	$(BIN)/python -m bench.dola
 	$(BIN)/python -m bench.live
 	$(BIN)/python -m bench.loadgen
+
+# The ops under CUDA graphs and torch.compile on any CUDA machine with PyTorch (no vLLM, no venv
+# needed: GPU_PY=python3 by default when .venv is absent); skipped with the reason without CUDA.
+GPU_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PY) -m bench.gpu_check --out bench/results/gpu-check.json
 
 bench-quick: model
 	$(BIN)/python -m bench.loadgen --quick

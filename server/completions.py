@@ -26,7 +26,7 @@ def _endpoint(req: Req) -> str:
 async def _pieces(serving: Serving, req: Req) -> tuple[Plan, AsyncIterator[tuple[int, Piece]], str]:
     from vllm.utils.async_utils import merge_async_iterators
 
-    plan = serving.build(req)
+    plan = await serving.build_async(req)  # chat template and tokenisation off the event loop
     rid = new_id("chatcmpl" if _is_chat(req) else "cmpl")
     gens = [serving.generate(job, plan.scored, _endpoint(req)) for job in plan.jobs]
     return plan, merge_async_iterators(*gens), rid

@@ -23,6 +23,26 @@ from server.serving import Prepared, Serving
 from steering.bundle import ProbeFrame
 from steering.spec import EXTRA_ARGS_KEY
 
+Job = tuple[int, ProbeFrame | None, Prepared]  # (text index, frame, the prompt to prefill)
+
+
+def _prepare(serving: Serving, req: ProbeScoreRequest, texts: list[str], salt: str | None,
+             frames: dict[ProbeFrame | None, list[str]]) -> tuple[list[Prepared], list[Job]]:
+    """Tokenise the texts (and their framings): CPU work, run off the event loop."""
+    raw: list[Prepared] = []
+    for i, t in enumerate(texts):
+        (p,) = serving.tokenize([t], f"input[{i}]" if not isinstance(req.input, str) else "input", salt)
+        raw.append(p)
+    jobs: list[Job] = []
+    for frame in frames:
+        for i, t in enumerate(texts):
+            p = raw[i] if frame is None else serving.tokenize([frame.apply(t, serving.tokenizer)], "input", salt)[0]
+            if p.n_prompt >= serving.settings.max_model_len:
+                raise bad_request(f"input has {p.n_prompt} tokens; this model's context is "
+                                  f"{serving.settings.max_model_len}", "input", "context_length_exceeded")
+            jobs.append((i, frame, p))
+    return raw, jobs
+
 
 async def score_texts(serving: Serving, req: ProbeScoreRequest) -> dict[str, Any]:
     from vllm import SamplingParams
@@ -46,18 +66,7 @@ async def score_texts(serving: Serving, req: ProbeScoreRequest) -> dict[str, Any
     frames: dict[ProbeFrame | None, list[str]] = {}
     for name in probes:
         frames.setdefault(None if mean else serving.probes[name].frame, []).append(name)
-    raw: list[Prepared] = []
-    for i, t in enumerate(texts):
-        (p,) = serving.tokenize([t], f"input[{i}]" if not isinstance(req.input, str) else "input", salt)
-        raw.append(p)
-    jobs: list[tuple[int, ProbeFrame | None, Prepared]] = []
-    for frame in frames:
-        for i, t in enumerate(texts):
-            p = raw[i] if frame is None else serving.tokenize([frame.apply(t, serving.tokenizer)], "input", salt)[0]
-            if p.n_prompt >= serving.settings.max_model_len:
-                raise bad_request(f"input has {p.n_prompt} tokens; this model's context is "
-                                  f"{serving.settings.max_model_len}", "input", "context_length_exceeded")
-            jobs.append((i, frame, p))
+    raw, jobs = await serving.offload(_prepare, serving, req, texts, salt, frames)  # tokenisation off the loop
     base = uuid.uuid4().hex
     ids = [f"score-{base}-{j}" for j in range(len(jobs))]
     sinks = [receiver.register(pid) for pid in ids]

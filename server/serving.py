@@ -7,13 +7,15 @@ OpenAI response objects lives in ``completions.py`` and ``formatting.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from server.errors import APIError, bad_request
 from server.formatting import now
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 Req = CompletionRequest | ChatCompletionRequest
 PROBE_WAIT_S = 30.0
 PROBE_HANDSHAKE_S = 30.0  # start-up: the probe channel must carry a row end to end within this
+T = TypeVar("T")
 
 
 @dataclass
@@ -110,6 +113,18 @@ class Serving:
                                       settings.max_directions, settings.inline_slots, settings.default_steering)
         self.receiver: ProbeReceiver | None = None
         self.created = now()
+        # Per-request CPU work (chat template, tokenisation, validation) runs here, off the event
+        # loop that streams every token, as vLLM's server does; one thread, since HF tokenizers
+        # are not safe for concurrent use.
+        self._prep = ThreadPoolExecutor(max_workers=1, thread_name_prefix="truthsteer-prep")
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the request-preparation thread; its exceptions propagate."""
+        return await asyncio.get_running_loop().run_in_executor(self._prep, fn, *args)
+
+    async def build_async(self, req: Req) -> Plan:
+        """:meth:`build` off the event loop (what the routes call)."""
+        return await self.offload(self.build, req)
 
     @classmethod
     def start(cls, settings: Settings) -> Serving:
@@ -130,6 +145,7 @@ class Serving:
             force=settings.force_directions,
             seed=settings.seed,
             prompt_contrast=settings.prompt_contrast,
+            all_slots=settings.all_slots,
             max_directions=settings.max_directions,
             max_inline=settings.inline_slots,
             capture_rows=settings.activation_rows,
@@ -162,6 +178,7 @@ class Serving:
         if self.receiver is not None:
             await self.receiver.close()
         self.engine.shutdown()
+        self._prep.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ metadata
     def models(self) -> ModelList:

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "decoding; costs num_layers x (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes of stash "
         "(150 MB for the default CPU model); off: such requests are a 400",
     )
+    all_slots: bool = Field(
+        default=False,
+        description="run the steering, probe and stash ops in their accelerator mode on CPU too (every slot and row "
+        "every step, no host flags read; always on for GPUs); a test mode, same results, slower",
+    )
 
     # HTTP
     host: str = "127.0.0.1"

@@ -65,6 +65,8 @@ class EngineOptions:
     # echo scoring under ``decoding`` (contrasted prompt logprobs): stash memory num_layers x
     # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/vllm/stash.py
     prompt_contrast: bool = True
+    # the ops' accelerator mode on CPU (every slot every step, no host flags; see custom_op.py)
+    all_slots: bool = False
     # rows reserved in the vector tables for the live registry and for inline vectors in flight
     max_directions: int = 0
     max_inline: int = 0
@@ -108,6 +110,17 @@ def directions_for(model: str | None, directions: Sequence[str | Path]) -> list[
     return [own] if own.is_dir() else []
 
 
+def check_parallelism(opts: EngineOptions) -> None:
+    """Tensor parallelism is supported (every rank applies the same ops to the replicated residual
+    stream). Pipeline parallelism is refused for a steering engine: probe rows come from one
+    worker's channel, and contrastive decoding reads premature layers' hidden states on the
+    sampling stage, so both need every layer in one stage."""
+    pp = int(opts.extra.get("pipeline_parallel_size", 1))
+    if opts.steering and pp > 1:
+        raise ValueError(f"truthsteer does not support pipeline parallelism (pipeline_parallel_size={pp}): probes "
+                         "and contrastive decoding need every layer on one stage; use tensor_parallel_size")
+
+
 def check_recommendations(bundles: dict[str, DirectionBundle], num_layers: int) -> None:
     """Every bundle's ``recommended_steering`` must pass the same validation as a request's
     ``steering`` against the loaded bundles (directions, layers, strengths, ops); else the load fails
@@ -124,6 +137,7 @@ def check_recommendations(bundles: dict[str, DirectionBundle], num_layers: int) 
 
 def prepare(opts: EngineOptions) -> PreparedEngine:
     """Resolve the model, load and validate the bundles, and assemble vLLM engine kwargs."""
+    check_parallelism(opts)
     model = resolve_model(opts.model)
     model_path = str(model)
     info = describe(model) if Path(model_path).is_dir() else _describe_remote(model_path)
@@ -157,6 +171,7 @@ def prepare(opts: EngineOptions) -> PreparedEngine:
             max_ops_per_layer=opts.max_ops_per_layer,
             force=opts.force,
             prompt_contrast=opts.prompt_contrast,
+            all_slots=opts.all_slots,
             max_directions=opts.max_directions,
             max_inline=opts.max_inline,
             capture_rows=opts.capture_rows,

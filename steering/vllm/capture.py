@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from steering.spec import EXTRA_ARGS_KEY
+from steering.vllm.custom_op import all_slots_of
 
 log = logging.getLogger(__name__)
 CAPTURE_KEY = "capture"
@@ -65,7 +66,9 @@ def capture_hook(module: nn.Module, args: Any, output: Any) -> None:
         hidden, residual = output[0], output[1]
     else:
         hidden, residual = output, None
-    torch.ops.truthsteer.stash(hidden, residual, module._ts_crows, module._ts_cout, module._ts_cactive)
+    torch.ops.truthsteer.stash(
+        hidden, residual, module._ts_crows, module._ts_cout, module._ts_cactive, all_slots_of(module)
+    )
 
 
 class ActivationCapture:

@@ -34,7 +34,10 @@ class WorkerConfig(BaseModel):
     max_inline: int = Field(default=0, ge=0, le=4096)
     # activation capture (POST /v1/activations): rows per step and layer; 0 = no capture hooks
     capture_rows: int = Field(default=0, ge=0, le=65536)
-    plugin_version: int = 3  # bump when the graph the plugin builds changes
+    # run every op slot and stash row every step without reading host flags, as on accelerators
+    # (always on there; on CPU a test mode of the accelerator branch, bit-identical results)
+    all_slots: bool = False
+    plugin_version: int = 4  # bump when the graph the plugin builds changes
 
     def to_additional_config(self) -> dict[str, Any]:
         return {ADDITIONAL_CONFIG_KEY: self.model_dump()}

@@ -34,6 +34,7 @@ def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         cfg = WorkerConfig.from_vllm_config(self.vllm_config)
         if cfg is not None and getattr(self, "truthsteer", None) is None:
+            _log_with_vllm()  # vLLM has configured this process's logging by now
             self.truthsteer = SteeringRuntime.install(self, cfg)
             from steering.vllm import contrastive_lp
 
@@ -105,6 +106,20 @@ def register() -> None:
     _patch(GPUModelRunner, "_model_forward", _wrap_model_forward)
     _patch(GPUModelRunner, "_get_prompt_logprobs_dict", _wrap_prompt_logprobs)
     _allow_aot_reload_on_cpu()
+
+
+def _log_with_vllm() -> None:
+    """Worker-side truthsteer logs (``steering.*``: the runtime's install line with its layers,
+    probes and op mode, rejected specs) go to vLLM's own handlers at INFO (called at model load,
+    once vLLM has configured the worker's logging); without this only warnings reached the
+    server's output."""
+    ours, theirs = logging.getLogger("steering"), logging.getLogger("vllm")
+    if ours.handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
 
 
 def _allow_aot_reload_on_cpu() -> None:

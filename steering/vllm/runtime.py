@@ -30,7 +30,7 @@ from steering.model_info import ModelInfo
 from steering.ops import coefficients
 from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
 from steering.vllm.config import WorkerConfig
-from steering.vllm.custom_op import steer_hook
+from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
 from steering.vllm.dynamic_rows import DynamicRows
 from steering.vllm.gates import GateState
 from steering.vllm.probe_channel import STEERED, ProbeSender
@@ -97,10 +97,16 @@ class SteeringRuntime:
         max_ops_per_layer: int,
         device: torch.device,
         dtype: torch.dtype,
+        all_slots: bool = False,
         max_directions: int = 0,
         max_inline: int = 0,
     ) -> None:
+        """``all_slots``: the ops' accelerator mode on CPU too (every slot and row every step, no
+        host flags read; see :mod:`steering.vllm.custom_op`). Set on every decoder layer, so the
+        probe read-out and the stash hooks of these layers follow it as well."""
         self.num_layers = len(layers)
+        for module in layers:
+            setattr(module, ALL_SLOTS_ATTR, all_slots)
         self.k = max_ops_per_layer
         self.max_tokens = max_tokens
         # rows[layer][direction] -> row in that layer's table; norms likewise
@@ -168,15 +174,17 @@ class SteeringRuntime:
             max_ops_per_layer=cfg.max_ops_per_layer,
             device=runner.device,
             dtype=runner.model_config.dtype,
+            all_slots=cfg.all_slots,
             max_directions=cfg.max_directions,
             max_inline=cfg.max_inline,
         )
         if rt.readout and _is_first_rank():
             rt.sender = ProbeSender()  # one sender per engine: the stream is replicated across TP ranks
         log.info(
-            "truthsteer: steering op on %d layers, directions %s, %d slots x %d tokens; probes %s%s",
+            "truthsteer: steering op on %d layers, directions %s, %d slots x %d tokens; probes %s%s%s",
             len(rt.buffers), names, rt.k, rt.max_tokens, rt.readout.names,
             f" -> {rt.sender.address}" if rt.sender else "",
+            "; all slots every step" if cfg.all_slots or runner.device.type != "cpu" else "",
         )
         return rt
 

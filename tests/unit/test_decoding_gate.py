@@ -24,6 +24,8 @@ from steering.vllm.stash import HiddenStash
 from tests.unit.helpers import make_bundle
 from tests.unit.toy import H, L, Req, ToyModel, fake_runner
 
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
+
 V = 13
 TRUTH = make_bundle("truth", seed=3)  # probe at layer 0
 DOLA = ResolvedDecoding("dola", (1, 3), alpha=0.05)

@@ -18,6 +18,8 @@ from steering.vllm.runtime import SteeringRuntime
 from tests.unit.helpers import make_bundle
 from tests.unit.toy import H, Req, ToyModel, fake_runner
 
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
+
 TRUTH = make_bundle("truth", seed=3)  # probe at layer 0
 SYC = make_bundle("syc", layers=[2, 3], seed=5)  # probe at layer 2
 ADD = [ResolvedOp("truth", "add", 3.0, (0, 2), "all")]

@@ -32,6 +32,8 @@ from tests.unit.test_contrastive_lp import (
 )
 from tests.unit.toy import H, L, Req, ToyModel, fake_runner
 
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
+
 FIXED = ResolvedDecoding("contrast", (2,), (1.0,), alpha=0.05)
 # vLLM's own method: an in-process engine earlier in the session has the plugin's wrapper installed
 # on the class (wrapping it again here would contrast twice and let the wrapper clear the stash)

@@ -15,6 +15,8 @@ from steering.vllm.runtime import SteeringRuntime
 from tests.unit.helpers import make_bundle
 from tests.unit.toy import H, Req, ToyModel, fake_runner
 
+pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
+
 
 @pytest.fixture(autouse=True)
 def _inference() -> Any:

@@ -534,3 +534,70 @@ def test_directions_list_each_layers_stats(app_client: Any) -> None:
     bundle = app_client.serving.prepared.bundles["truth"]
     assert card["layer_stats"] == {k: v.model_dump() for k, v in bundle.meta.layer_stats.items()}
     assert set(card["layer_stats"]) == {str(k) for k in bundle.meta.layers}
+
+
+class SlowTokenizer(FakeTokenizer):
+    """Blocks for ``delay_s`` per call (as a long prompt or a heavy chat template would) and records
+    the thread it ran on."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.threads: set[str] = set()
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        import threading
+        import time
+
+        self.threads.add(threading.current_thread().name)
+        time.sleep(self.delay_s)
+        return super().__call__(text, add_special_tokens)
+
+
+def test_tokenisation_and_chat_templates_run_off_the_event_loop() -> None:
+    """While a slow tokenizer runs for a completion, a chat and a probe-score request, the event
+    loop that streams tokens keeps ticking (the largest gap stays far below the tokenizer's time)."""
+    import time
+
+    from server.completions import collect
+    from server.protocol import ChatCompletionRequest, ProbeScoreRequest
+    from server.scoring import score_texts
+
+    settings = Settings(served_model_name="tiny", max_model_len=64)
+    serving = fake_serving(settings)
+    slow = SlowTokenizer(0.0)
+    serving.tokenizer = slow
+
+    async def main() -> tuple[float, list[Any]]:
+        await serving.connect_probes()
+        await collect(serving, CompletionRequest(model="tiny", prompt="warm-up", max_tokens=1))  # first imports
+        slow.delay_s = 0.4
+        gaps: list[float] = []
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not done.is_set():
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.create_task(ticker())
+        try:
+            out = [
+                await collect(serving, CompletionRequest(model="tiny", prompt="abc", max_tokens=2)),
+                await collect(serving, ChatCompletionRequest(model="tiny", max_tokens=2,
+                                                             messages=[{"role": "user", "content": "hi"}])),
+                await score_texts(serving, ProbeScoreRequest(model="tiny", input=["a b", "c"], probes=["truth"])),
+            ]
+        finally:
+            done.set()
+            await tick
+            await serving.close()
+        return max(gaps), out
+
+    worst, (completion, chat, scores) = asyncio.run(main())
+    assert completion["choices"][0]["text"] == " Paris Paris" and chat["choices"][0]["message"]["content"]
+    assert [d["tokens"] for d in scores["data"]] == [3, 1]
+    assert slow.threads and all(name.startswith("truthsteer-prep") for name in slow.threads)
+    assert worst < 0.2, worst  # each tokenizer call blocks 0.4 s

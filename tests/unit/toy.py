@@ -68,3 +68,9 @@ def fake_runner(reqs: list[Req]) -> Any:
         num_computed_tokens_cpu=np.array([r.n_computed for r in reqs]),
     )
     return SimpleNamespace(input_batch=ib, query_start_loc=SimpleNamespace(np=qsl), requests=states)
+
+
+def stash_args(runner: Any) -> tuple[Any, ...]:
+    """:meth:`~steering.vllm.stash.HiddenStash.prepare`'s arguments from a fake runner."""
+    ib = runner.input_batch
+    return ib.req_ids, runner.requests, runner.query_start_loc.np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu
