@@ -102,44 +102,54 @@ async def evaluate(api: Api, limit: int | None, tokenizer: object, parts: set[st
     if "gating" in parts:
         items = [i for i in data.truthfulqa(limit, seed=1) if i.correct_refs and i.incorrect_refs]
         for cfg in start("gating", configs.gating()):
-            try:
-                got = await tasks.answers(api, items, cfg, max_tokens)
-            except Unsupported as e:
-                res["gating"][cfg.name] = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
-                steps.update()
-                continue
-            probe = [a.probe_mean for a in got if a.probe_mean is not None]
-            res["gating"][cfg.name] = {
-                "truthful": sum(a.truthful for a in got) / len(got),
-                "fluency_ppl": await tasks.fluency(api, items, got),
-                "steered_tokens": _mean_or_na([a.steered_tokens for a in got]),
-                "contrasted_tokens": _mean_or_na([a.contrasted_tokens for a in got]),
-                "answer_words": sum(len(a.text.split()) for a in got) / len(got),
-                "probe_mean": _mean_or_na(probe),
-                "answers": [a.__dict__ for a in got],
-            }
-            if cfg.name == "none" and len(probe) == len(got):
-                curve = scoring.coverage_curve(probe, [a.truthful for a in got])
-                res["selective_curve"] = [(p.coverage, p.accuracy) for p in curve if p.accuracy is not None]
-                res["selective"] = {f"{p.threshold:.3f}": {"coverage": p.coverage, "accuracy": p.accuracy}
-                                    for p in curve if p.accuracy is not None}
-                res["selective_area"] = scoring.area_under_coverage(curve)
+            await _gating(api, items, cfg, max_tokens, res)
             steps.update()
     if "probes" in parts:
-        per_class = None if limit is None else max(50, 10 * limit)  # probes are cheap: AUROC needs items
-        sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, per_class).items()]
-        from probes import sources as src
-
-        sets.append(("caa_sycophancy_test", "sycophancy",
-                     data.balanced(src.builtin("caa_sycophancy_test", tokenizer), per_class)))
-        todo(len(sets))
-        res["probes"] = {}
-        for set_name, probe_name, dset in sets:
-            pr = await _guard(tasks.probe_auroc(api, dset, probe_name))
-            res["probes"][set_name] = {"probe": probe_name, **pr}
-            steps.update()
+        await _probes(api, limit, tokenizer, res, todo, steps.update)
     steps.close()
     return res
+
+
+async def _gating(api: Api, items: list[Any], cfg: Config, max_tokens: int, res: dict[str, Any]) -> None:
+    """One gating config's answers, truthfulness, fluency and interventions (and, for ``none``, the
+    selective-answering curve)."""
+    try:
+        got = await tasks.answers(api, items, cfg, max_tokens)
+    except Unsupported as e:
+        res["gating"][cfg.name] = {"unsupported": f"unsupported ({e.status})", "error": str(e)}
+        return
+    probe = [a.probe_mean for a in got if a.probe_mean is not None]
+    res["gating"][cfg.name] = {
+        "truthful": sum(a.truthful for a in got) / len(got),
+        "fluency_ppl": await tasks.fluency(api, items, got),
+        "steered_tokens": _mean_or_na([a.steered_tokens for a in got]),
+        "contrasted_tokens": _mean_or_na([a.contrasted_tokens for a in got]),
+        "answer_words": sum(len(a.text.split()) for a in got) / len(got),
+        "probe_mean": _mean_or_na(probe),
+        "answers": [a.__dict__ for a in got],
+    }
+    if cfg.name == "none" and len(probe) == len(got):
+        curve = scoring.coverage_curve(probe, [a.truthful for a in got])
+        res["selective_curve"] = [(p.coverage, p.accuracy) for p in curve if p.accuracy is not None]
+        res["selective"] = {f"{p.threshold:.3f}": {"coverage": p.coverage, "accuracy": p.accuracy}
+                            for p in curve if p.accuracy is not None}
+        res["selective_area"] = scoring.area_under_coverage(curve)
+
+
+async def _probes(api: Api, limit: int | None, tokenizer: object, res: dict[str, Any], todo: Any, done: Any) -> None:
+    """Probe AUROCs through ``/v1/probes/score`` on the held-out truth sets and the CAA test items."""
+    from probes import sources as src
+
+    per_class = None if limit is None else max(50, 10 * limit)  # probes are cheap: AUROC needs items
+    sets: list[tuple[str, str, Any]] = [(k, "truth", v) for k, v in data.truth_heldout(None, per_class).items()]
+    sets.append(("caa_sycophancy_test", "sycophancy",
+                 data.balanced(src.builtin("caa_sycophancy_test", tokenizer), per_class)))
+    todo(len(sets))
+    res["probes"] = {}
+    for set_name, probe_name, dset in sets:
+        pr = await _guard(tasks.probe_auroc(api, dset, probe_name))
+        res["probes"][set_name] = {"probe": probe_name, **pr}
+        done()
 
 
 def _mean_or_na(values: Sequence[float | None]) -> float | str:

@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steering", default=None, help="JSON steering list to compare with none")
     ap.add_argument("--recommended", action="store_true",
                     help="also the sycophancy bundle's recommended_steering, as served by /v1/directions")
+    ap.add_argument("--only", default=None, help="comma-separated config names to keep (after --sweep)")
     ap.add_argument("--forms", default="ab", help="comma-separated: ab, free")
     ap.add_argument("--max-tokens", type=int, default=24)
     ap.add_argument("--limit", type=int, default=None, help="first N questions of the split")
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
     cards = httpx.get(f"{args.base}/v1/directions", timeout=30).json()["data"]
     configs = candidates(cards, args.sweep.split(",")) if args.sweep else {"none": []}
+    if args.only:
+        configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
     if args.steering:
         configs["given"] = json.loads(args.steering)
     if args.recommended:

@@ -99,6 +99,20 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
     app.add_middleware(AdmissionMiddleware, admission=admission, paths=ENDPOINTS)
     app.add_middleware(RequestMetrics, endpoints=ENDPOINTS,
                        metrics=lambda: state["serving"].metrics if "serving" in state else None)
+    _metadata_routes(app, settings, srv, auth, lifecycle)
+    _generation_routes(app, srv, auth, lifecycle)
+    app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
+    app.include_router(activations_router(settings, srv, auth))  # POST /v1/activations
+    if settings.ui_enabled:  # the browser playground (static files, no auth: its API calls carry the key)
+        from server.ui import mount_ui
+
+        mount_ui(app)
+    return app
+
+
+def _metadata_routes(app: FastAPI, settings: Settings, srv: Callable[[], Serving], auth: Any,
+                     lifecycle: Lifecycle) -> None:
+    """``/health``, ``/v1/models``, ``GET /v1/directions``, ``/metrics``."""
 
     @app.get("/health", responses=HEALTH)
     async def health() -> dict[str, str]:
@@ -124,8 +138,15 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
         cards = [DirectionCard.of(b, live=b.name in s.steering.entries) for b in s.steering.bundles().values()]
         return DirectionList(data=cards, default_steering=wire(s.steering.default_ops))
 
-    app.include_router(directions_router(settings, srv))  # POST / DELETE: the live registry
-    app.include_router(activations_router(settings, srv, auth))  # POST /v1/activations
+    @app.get("/metrics", dependencies=[auth] if settings.metrics_require_auth else [], include_in_schema=False)
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(srv().metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _generation_routes(app: FastAPI, srv: Callable[[], Serving], auth: Any, lifecycle: Lifecycle) -> None:
+    """``/v1/completions``, ``/v1/chat/completions`` and ``/v1/probes/score``."""
 
     async def _complete(req: CompletionRequest | ChatCompletionRequest, request: Request) -> Any:
         s = srv()
@@ -145,21 +166,6 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
     @app.post("/v1/probes/score", dependencies=[auth], responses=GENERATION)
     async def probes_score(req: ProbeScoreRequest, request: Request) -> ProbeScoreList:
         return ProbeScoreList.model_validate(await until_disconnect(request, score_texts(srv(), req)))
-
-    if settings.ui_enabled:  # the browser playground (static files, no auth: its API calls carry the key)
-        from server.ui import mount_ui
-
-        mount_ui(app)
-
-    metrics_deps = [auth] if settings.metrics_require_auth else []
-
-    @app.get("/metrics", dependencies=metrics_deps, include_in_schema=False)
-    async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
-        return Response(srv().metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 async def until_disconnect(request: Request, work: Awaitable[Any], poll_s: float = 0.5) -> Any:

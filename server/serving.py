@@ -26,7 +26,7 @@ from server.settings import Settings
 from server.steering_state import ResolvedSteering, SteeringState
 from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.decoding_spec import WIRE_KEY as DECODING_KEY
-from steering.engine import EngineOptions, PreparedEngine, prepare
+from steering.engine import PreparedEngine, prepare
 from steering.inline import InlineLimits
 from steering.llm import check_prompt_contrast
 from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, wire
@@ -132,25 +132,7 @@ class Serving:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        opts = EngineOptions(
-            model=settings.model,
-            directions=settings.directions,
-            dtype=settings.dtype,
-            max_model_len=settings.max_model_len,
-            kv_cache_gib=settings.kv_cache_gib,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            tensor_parallel_size=settings.tensor_parallel_size,
-            enforce_eager=settings.enforce_eager,
-            max_ops_per_layer=settings.max_ops_per_layer,
-            force=settings.force_directions,
-            seed=settings.seed,
-            prompt_contrast=settings.prompt_contrast,
-            all_slots=settings.all_slots,
-            max_directions=settings.max_directions,
-            max_inline=settings.inline_slots,
-            capture_rows=settings.activation_rows,
-        )
-        prepared = prepare(opts)
+        prepared = prepare(settings.engine_options())
         metrics = Metrics(prepared.bundles, available_probes(prepared.bundles, settings.probe_flag_thresholds))
         engine = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**prepared.engine_kwargs), stat_loggers=[metrics.stat_logger_factory()]

@@ -18,7 +18,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from steering.engine import DEFAULT_DIRECTIONS
+from steering.engine import DEFAULT_DIRECTIONS, EngineOptions
 
 
 class Settings(BaseSettings):
@@ -105,6 +105,17 @@ class Settings(BaseSettings):
         description="probe -> threshold on the mean score of a choice; flagged below it for truth probes, above it "
         "for other kinds (sycophancy); default: the bundle's probe.threshold",
     )
+
+    def engine_options(self) -> EngineOptions:
+        """The engine these settings ask for (``steering.engine.prepare`` builds it)."""
+        return EngineOptions(
+            model=self.model, directions=self.directions, dtype=self.dtype, max_model_len=self.max_model_len,
+            kv_cache_gib=self.kv_cache_gib, gpu_memory_utilization=self.gpu_memory_utilization,
+            tensor_parallel_size=self.tensor_parallel_size, enforce_eager=self.enforce_eager,
+            max_ops_per_layer=self.max_ops_per_layer, force=self.force_directions, seed=self.seed,
+            prompt_contrast=self.prompt_contrast, all_slots=self.all_slots, max_directions=self.max_directions,
+            max_inline=self.inline_slots, capture_rows=self.activation_rows,
+        )
 
     @classmethod
     def settings_customise_sources(
