@@ -4,8 +4,8 @@ The probe is the winning recipe refitted on the train + validation splits of the
 at the winner's layer (a band winner ships its centre layer: the engine reads one layer per probe),
 Platt-calibrated on the same data; its frame travels in ``probe.frame``. Steering vectors are, per
 layer, the mean over domains of each domain's class-mean difference (every domain counts once), at
-their natural scale. ``layer_stats[k].auroc`` is the recipe's AUROC at layer ``k`` on the domains'
-test splits, pooled; ``metrics`` records the LODO AUROCs (general bundle) and the in-domain test
+their natural scale. ``layer_stats[k].auroc`` is the AUROC of that layer's steering vector as a
+scorer on the domains' test splits, pooled (the recipe itself is fitted at the probe layer only); ``metrics`` records the LODO AUROCs (general bundle) and the in-domain test
 AUROC (``heldout_auroc``). Nothing here sees a test split before the numbers are recorded.
 """
 
@@ -21,7 +21,7 @@ from probes import datasets as ds
 from probes.lodo import Candidate, DomainData
 from probes.methods import accuracy, auroc
 from probes.recipes import get_recipe
-from probes.train import platt, recommend_layers
+from probes.train import platt
 from steering.bundle import (
     BundleMetadata,
     DatasetRef,
@@ -64,18 +64,17 @@ def build(name: str, kind: str, description: str, doms: Sequence[DomainData], be
     xte, yte, _ = _side(doms, "test", seed)
     vectors: dict[int, torch.Tensor] = {}
     stats: dict[str, LayerStats] = {}
-    for k in range(xtr.shape[1]):
+    for k in range(xtr.shape[1]):  # per layer: the steering vector, scored along its own direction
         diffs = [xtr[(dtr == j) & (ytr == 1), k].mean(0) - xtr[(dtr == j) & (ytr == 0), k].mean(0)
                  for j in np.unique(dtr) if {0, 1} <= set(ytr[dtr == j].tolist())]
         v = np.mean(diffs, axis=0).astype(np.float32)
-        w, b = fit(xtr[:, k], ytr, dtr, seed)
-        logits = xte[:, k] @ w + b
+        proj = xte[:, k] @ v
+        mid = 0.5 * float((xtr[ytr == 1, k] @ v).mean() + (xtr[ytr == 0, k] @ v).mean())
         vectors[k] = torch.from_numpy(v)
-        stats[str(k)] = _layer_stats(v, xtr[:, k], ytr, auroc(logits, yte), accuracy(logits, yte))
+        stats[str(k)] = _layer_stats(v, xtr[:, k], ytr, auroc(proj, yte), accuracy(proj - mid, yte))
     layer = best.layers[len(best.layers) // 2]
     w, b = fit(xtr[:, layer], ytr, dtr, seed)
     calib = platt(xtr[:, layer] @ w + b, ytr, seed)
-    _, recommended = recommend_layers([stats[str(k)].auroc for k in range(xtr.shape[1])])
     lo = max(0, min(layer - 1, xtr.shape[1] - 3))
     recommended = list(range(lo, lo + 3))
     test_logits = xte[:, layer] @ w + b
