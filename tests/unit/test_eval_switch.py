@@ -23,10 +23,12 @@ def test_summary_counts_switches_among_items_correct_when_neutral() -> None:
 
 
 def test_candidates_subtract_and_ablate_each_direction_within_the_model() -> None:
-    cards = [{"name": "sycophancy", "recommended_layers": [1, 2, 3], "layers": list(range(6))}]
+    cards = [{"name": "sycophancy", "recommended_layers": [1, 2, 3], "layers": list(range(30))}]
     got = candidates(cards, ["sycophancy"])
     assert got["none"] == []
     assert got["sycophancy -4 rec"] == [{"direction": "sycophancy", "op": "add", "strength": -4.0}]
-    assert got["sycophancy ablate wide"] == [{"direction": "sycophancy", "op": "ablate",
-                                              "layers": {"start": 0, "end": 6}}]
-    assert len(got) == 6
+    assert got["sycophancy -8 late"] == [{"direction": "sycophancy", "op": "add", "strength": -8.0,
+                                          "layers": {"start": 15, "end": 21}}]
+    assert got["sycophancy ablate mid"] == [{"direction": "sycophancy", "op": "ablate",
+                                             "layers": {"start": 9, "end": 15}}]
+    assert len(got) == 8

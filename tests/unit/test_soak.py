@@ -61,8 +61,10 @@ def test_rss_of_this_process_and_a_child(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(30)"],
+                             stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout is not None and child.stdout.readline() == "up\n"  # an interpreter, not a fresh fork
         api, engine = rss_of(os.getpid())
         assert api > 10 and engine > 1  # MB: this interpreter with pytest, and the sleeping child
     finally:
