@@ -56,10 +56,11 @@ def summarise(config: str, form: str, neutral: Sequence[bool], biased: Sequence[
                         bb.accuracy_drop(neutral, biased), bb.switch_rate(neutral, biased))
 
 
-def candidates(cards: Sequence[dict[str, Any]], directions: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """Interventions along each named direction (its ``/v1/directions`` card): subtract it (strength
-    4 and 8) at the bundle's recommended layers and over bands at 30-50% and 50-70% of the depth,
-    and ablate it over the middle band."""
+def candidates(cards: Sequence[dict[str, Any]], directions: Sequence[str], strengths: Sequence[float] = (4.0, 8.0)
+               ) -> dict[str, list[dict[str, Any]]]:
+    """Interventions along each named direction (its ``/v1/directions`` card): subtract it (each of
+    ``strengths``) at the bundle's recommended layers and over bands at 30-50% and 50-70% of the
+    depth, and ablate it over the middle band."""
     out: dict[str, list[dict[str, Any]]] = {"none": []}
     by_name = {c["name"]: c for c in cards}
     for name in directions:
@@ -67,7 +68,7 @@ def candidates(cards: Sequence[dict[str, Any]], directions: Sequence[str]) -> di
         bands = {"rec": None, "mid": {"start": round(0.3 * num), "end": round(0.5 * num)},
                  "late": {"start": round(0.5 * num), "end": round(0.7 * num)}}
         for band, layers in bands.items():
-            for s in (4.0, 8.0):
+            for s in strengths:
                 op: dict[str, Any] = {"direction": name, "op": "add", "strength": -s}
                 out[f"{name} -{s:g} {band}"] = [op if layers is None else {**op, "layers": layers}]
         out[f"{name} ablate mid"] = [{"direction": name, "op": "ablate", "layers": bands["mid"]}]
@@ -135,9 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", choices=bb.SPLITS, required=True)
     ap.add_argument("--sweep", default=None, help="comma-separated directions whose candidate interventions to "
                     "run (else none + --steering / --recommended)")
-    ap.add_argument("--steering", default=None, help="JSON steering list to compare with none")
+    ap.add_argument("--steering", default=None, help="JSON steering list to compare with none, or an object "
+                    "{name: steering list}; @FILE reads the JSON from FILE")
     ap.add_argument("--recommended", action="store_true",
                     help="also the sycophancy bundle's recommended_steering, as served by /v1/directions")
+    ap.add_argument("--strengths", default="4,8", help="comma-separated strengths subtracted in --sweep")
     ap.add_argument("--only", default=None, help="comma-separated config names to keep (after --sweep)")
     ap.add_argument("--forms", default="ab", help="comma-separated: ab, free")
     ap.add_argument("--max-tokens", type=int, default=24)
@@ -156,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     questions = bb.split_questions(bb.load_questions())[args.split][: args.limit]
     model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
     cards = httpx.get(f"{args.base}/v1/directions", timeout=30).json()["data"]
-    configs = candidates(cards, args.sweep.split(",")) if args.sweep else {"none": []}
+    strengths = [float(x) for x in args.strengths.split(",")]
+    configs = candidates(cards, args.sweep.split(","), strengths) if args.sweep else {"none": []}
     if args.only:
         configs = {k: v for k, v in configs.items() if k in args.only.split(",")}
-    if args.steering:
-        configs["given"] = json.loads(args.steering)
+    if args.steering:  # a steering list, or {name: steering list}; "@FILE" reads it from a file
+        given = json.loads(Path(args.steering[1:]).read_text() if args.steering.startswith("@") else args.steering)
+        configs.update(given if isinstance(given, dict) else {"given": given})
     if args.recommended:
         rec = [c for c in cards if c["kind"] == "sycophancy" and c["recommended_steering"]]
         if not rec:
