@@ -103,7 +103,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        return _respond(req, APIError(exc.status_code, str(exc.detail), type=kind), exc.headers)  # 405: Allow
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = ", ".join(allowed_methods(req))
+        return _respond(req, APIError(exc.status_code, str(exc.detail), type=kind), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(req: Request, exc: Exception) -> JSONResponse:
@@ -116,3 +119,15 @@ def install_error_handlers(app: FastAPI) -> None:
             lifecycle.engine_died(str(exc))
             lifecycle.count_dead_error()
         return server_error(exc, dead).response()
+
+
+def allowed_methods(req: Request) -> list[str]:
+    """Every method some route of the app answers on this request's path (one path may be served by
+    several routes: ``GET`` and ``POST /v1/directions`` live in different routers)."""
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in req.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(req.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)

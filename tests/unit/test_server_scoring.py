@@ -68,3 +68,10 @@ def test_direction_cards_carry_frame_layer_aurocs_and_recommendations(client: An
     assert card["recommended_steering_notes"] == "measured on toy data"
     assert card["metrics"]["recommended.switch_rate"] == 0.25
     assert card["layer_stats"]["0"]["pos_mean"] == 1.5 and card["layer_stats"]["0"]["auroc"] is None
+
+
+def test_405_lists_every_method_of_a_path_served_by_several_routers(client: Any) -> None:
+    r = client.request("TRACE", "/v1/directions")
+    assert r.status_code == 405
+    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "POST"}
+    assert client.request("TRACE", "/v1/completions").headers["allow"] == "POST"
