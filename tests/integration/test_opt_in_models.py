@@ -36,7 +36,10 @@ def served(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
         model_sources(PACKAGED_MODELS[alias])
     except ModelError as e:
         pytest.skip(f"opt-in model not installed: {e}")
-    env = {"TRUTHSTEER_MODEL": alias, "TRUTHSTEER_SERVED_MODEL_NAME": SERVED, "TRUTHSTEER_API_KEYS": f'["{API_KEY}"]'}
+    # float32: the extractor parity below is exact up to kernel rounding only in float32 (bfloat16
+    # serving is compared with float32 by bench/dtype_parity.py, docs/truth-domains.md#bfloat16-serving)
+    env = {"TRUTHSTEER_MODEL": alias, "TRUTHSTEER_SERVED_MODEL_NAME": SERVED, "TRUTHSTEER_API_KEYS": f'["{API_KEY}"]',
+           "TRUTHSTEER_DTYPE": "float32"}
     with running_server(env, timeout_s=1800) as base:
         yield alias, base
 
@@ -62,27 +65,19 @@ def test_the_models_own_bundles_are_served(served: tuple[str, str]) -> None:
         assert card["probe_layer"] is not None and card["metrics"]["heldout_auroc"] > 0.5
 
 
-# the server runs an opt-in model in its packaged CPU dtype (bfloat16 on AVX512-BF16 CPUs); the HF
-# side runs in the same dtype. bfloat16 kernels of vLLM and HF round differently, hence the wider
-# tolerance (measured largest difference on these texts: docs/truth-domains.md#bfloat16-serving).
-PARITY_ABS = {"float32": 2e-3, "bfloat16": 5e-2}
-
-
 def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> None:
     """The activations the bundles were trained on (HF extractor, shared-prefix path for A/B items)
-    through each bundle's probe give ``/v1/probes/score``'s numbers, in the served dtype."""
+    through each bundle's probe (in its frame) give ``/v1/probes/score``'s numbers."""
     import torch
 
     from probes import sources
     from probes.extract import last_token_activations, load_hf
     from steering.bundle import load_directory
-    from steering.engine import cpu_dtype
     from steering.models import resolve_model
     from steering.vllm.probe_readout import folded_probe
 
     alias, base = served
-    dtype = cpu_dtype(alias)
-    model, tok = load_hf(resolve_model(alias), getattr(torch, dtype))
+    model, tok = load_hf(resolve_model(alias))
     texts = [*sources.builtin("caa_sycophancy_test", tok).texts()[:2], "The city of Paris is in France.",
              "The city of Paris is in Japan."]
     r = httpx.post(f"{base}/v1/probes/score", json={"model": SERVED, "input": texts}, headers=_auth(), timeout=600)
@@ -97,7 +92,7 @@ def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> No
         acts = last_token_activations(model, tok, framed, batch_size=2, progress=False)
         w, bias = folded_probe(b)
         want = torch.sigmoid(acts[:, b.meta.probe.layer] @ w + bias).tolist()
-        assert [d["scores"][name] for d in got] == pytest.approx(want, abs=PARITY_ABS[dtype]), (name, dtype)
+        assert [d["scores"][name] for d in got] == pytest.approx(want, abs=2e-3), name
 
 
 def test_steering_changes_greedy_output_and_strength_zero_does_not(client: Any, served: tuple[str, str]) -> None:
