@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -25,7 +27,9 @@ def running_process(name: str, cmd: Sequence[str], ready_url: str, log_path: Pat
     answers 200, then yield; terminate it afterwards (kill after ``stop_s``). A process that exits
     or is not ready in ``timeout_s`` raises, naming ``name`` and the log."""
     with log_path.open("w") as log:
-        proc = subprocess.Popen(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT)
+        # its own process group, so that stopping it also stops its engine processes (a server killed
+        # after stop_s would otherwise leave its engine core and workers running, gigabytes each)
+        proc = subprocess.Popen(list(cmd), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -47,3 +51,5 @@ def running_process(name: str, cmd: Sequence[str], ready_url: str, log_path: Pat
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(stop_s)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (engine core, workers)
