@@ -311,6 +311,13 @@ def accuracy_drop(correct_neutral: Sequence[bool], correct_biased: Sequence[bool
     return Estimate(mean, math.sqrt(var / n), n)
 
 
+def _split(questions: Sequence[Question], split: str) -> list[Question]:
+    """The questions of ``split``; an unknown split name is a :class:`DatasetError`."""
+    if split not in SPLITS:
+        raise DatasetError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    return split_questions(questions)[split]
+
+
 def sycophancy_pairs(
     questions: Sequence[Question],
     tokenizer: object,
@@ -323,13 +330,10 @@ def sycophancy_pairs(
     :func:`probes.sources.caa_ab` builds them; the group is the question id. Letters and openers
     are those of :func:`build_prompts` over the same ``questions`` and ``seed``; ``source`` is the
     file the questions came from (the dataset's cited path)."""
-    if split not in SPLITS:
-        raise DatasetError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    chosen = split_questions(questions)[split]
     letters = letter_assignment(questions, seed)
     openers = opener_assignment(questions, seed)
     ex: list[Example] = []
-    for q in chosen:
+    for q in _split(questions, split):
         letter = letters[q.id]
         text = ab_text(q, letter, openers[q.id])
         wrong = "B" if letter == "A" else "A"
@@ -350,12 +354,10 @@ def pressure_pairs(
     the neutral one (label 0), otherwise identical. Their class-mean difference is the push the
     stated belief gives the model at the moment it answers; subtracting it counteracts sycophancy
     without encoding either letter (letters are balanced across the two classes)."""
-    if split not in SPLITS:
-        raise DatasetError(f"split {split!r} is not one of {', '.join(SPLITS)}")
     letters = letter_assignment(questions, seed)
     openers = opener_assignment(questions, seed)
     ex: list[Example] = []
-    for q in split_questions(questions)[split]:
+    for q in _split(questions, split):
         for label, opener in ((1, openers[q.id]), (0, None)):
             text = chat_ab(ab_text(q, letters[q.id], opener), "A", tokenizer)[:-1]  # ends at "("
             ex.append(Example(text, label, q.id))

@@ -10,6 +10,7 @@ from typing import Any
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
+from tests.unit.fakes import FakeTokenizer
 from tests.unit.helpers import INFO
 
 
@@ -62,20 +63,6 @@ class ScriptedEngine:
         return None
 
 
-class CharTokenizer:
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
-        return {"input_ids": [ord(c) % 1000 for c in text]}
-
-    def __len__(self) -> int:
-        return 1000
-
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool, add_generation_prompt: bool) -> str:
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i) for i in ids)
-
-
 def scripted_serving(settings: Settings, engine: ScriptedEngine) -> Serving:
     """A Serving over ``engine`` without bundles (so without a probe channel)."""
-    return Serving(settings, engine, PreparedEngine("/models/tiny", INFO, {}, {}), CharTokenizer())
+    return Serving(settings, engine, PreparedEngine("/models/tiny", INFO, {}, {}), FakeTokenizer())
