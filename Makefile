@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch gpu-check integration-tp
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch eval-truthfulqa gpu-check integration-tp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -144,6 +144,12 @@ BASE ?= http://127.0.0.1:8000
 eval-switch: install
 	$(BIN)/python -m eval.switch --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) --split test --forms ab,free \
 	  --recommended --out eval/results/switch-$(or $(MODEL),default)
+
+# TruthfulQA v0 MC1/MC2 with two-fold cross-validation by question against a running server
+# (docs/eval.md); the candidates are eval/candidates/truthfulqa-<MODEL>.json.
+eval-truthfulqa: install
+	$(BIN)/python -m eval.truthfulqa_cv --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) \
+	  --configs @eval/candidates/truthfulqa-$(or $(MODEL),default).json --out eval/results/truthfulqa-cv-$(or $(MODEL),default)
 
 # --limit 5 into its own folder, so that it never overwrites the full results in eval/results/.
 eval-quick: model

@@ -8,15 +8,17 @@ from typing import Any
 import matplotlib
 import numpy as np
 
+from bench.loadstats import TAIL_KEYS
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 BASELINE = "plain vLLM"
 
 
-def _paired(m: dict[str, Any], b: dict[str, Any]) -> list[float] | None:
-    """Per-round ratios when both rows ran the same rounds (an interleaved run), else None."""
-    xs, bs = m.get("rounds_tokens_per_s"), b.get("rounds_tokens_per_s")
+def _paired(m: dict[str, Any], b: dict[str, Any], key: str = "tokens_per_s") -> list[float] | None:
+    """Per-round ratios of ``key`` when both rows ran the same rounds (an interleaved run), else None."""
+    xs, bs = m.get(f"rounds_{key}"), b.get(f"rounds_{key}")
     if not xs or not bs or len(xs) != len(bs) or min(bs) <= 0:
         return None
     return [x / y for x, y in zip(xs, bs, strict=True)]
@@ -56,6 +58,22 @@ def ratio_ranges(results: dict[str, Any]) -> dict[str, dict[str, tuple[float, fl
     return out
 
 
+def tail_ratios(results: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per scenario and shape, the median over rounds of each tail latency (TTFT p99, ITL p99)
+    over plain vLLM's in the same round (rows of an interleaved run that recorded per-round tails)."""
+    base = results.get(BASELINE, {})
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, row in results.items():
+        if "unsupported" in row or name == BASELINE:
+            continue
+        for shape, m in row.items():
+            for key in TAIL_KEYS:
+                paired = _paired(m, base[shape], key) if shape in base else None
+                if paired:
+                    out.setdefault(name, {}).setdefault(shape, {})[key] = round(float(np.median(paired)), 3)
+    return out
+
+
 def _f(x: Any, nd: int = 1) -> str:
     return "n/a" if x is None or x != x else f"{x:.{nd}f}"
 
@@ -83,6 +101,13 @@ def markdown(res: dict[str, Any]) -> str:
         for name, by_shape in spread.items():
             cells = [f"{by_shape[s][0]:.3f} - {by_shape[s][1]:.3f}" if s in by_shape else "n/a" for s in shapes]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    tails = tail_ratios(sc)
+    if tails:
+        lines += ["", "## Tail latency over plain vLLM's (median of per-round ratios; below 1: shorter tails)", "",
+                  "| scenario | shape | TTFT p99 | ITL p99 |", "|---|---|---|---|"]
+        for name, by_shape in tails.items():
+            for s, r in by_shape.items():
+                lines.append(f"| {name} | {s} | {_f(r.get('ttft_p99_ms'), 3)} | {_f(r.get('itl_p99_ms'), 3)} |")
     lines += ["", "## Absolute figures (tokens/s; TTFT and ITL p50/p99 in ms)", "",
               "| scenario | shape | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |", "|---|---|---|---|---|---|---|"]
     for name, row in sc.items():

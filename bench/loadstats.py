@@ -50,14 +50,21 @@ def summarize(timings: Sequence[RequestTiming], wall: float) -> dict[str, float]
     }
 
 
+TAIL_KEYS = ("ttft_p99_ms", "itl_p99_ms")
+
+
 def median_run(runs: Sequence[dict[str, float]]) -> dict[str, float | list[float]]:
     """The run with the median tokens/s (the lower middle one for an even count), so its latency
-    figures belong to one real run, plus every run's tokens/s in run order (``rounds_tokens_per_s``)."""
+    figures belong to one real run, plus every run's tokens/s and tail latencies in run order
+    (``rounds_tokens_per_s``, ``rounds_ttft_p99_ms``, ``rounds_itl_p99_ms``)."""
     if not runs:
         raise ValueError("no runs")
     order = sorted(range(len(runs)), key=lambda i: runs[i]["tokens_per_s"])
     out: dict[str, float | list[float]] = dict(runs[order[(len(runs) - 1) // 2]])
     out["rounds_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    for key in TAIL_KEYS:
+        if all(key in r for r in runs):
+            out[f"rounds_{key}"] = [r[key] for r in runs]
     return out
 
 

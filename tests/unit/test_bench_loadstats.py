@@ -125,3 +125,19 @@ def test_warm_shape_covers_the_shapes_prompts_and_batch_size_with_short_outputs(
     w = loadgen.warm_shape(open_loop)
     assert w.concurrency == 8 and len(w.requests) == 8 and all(r.at == 0.0 for r in w.requests)
     assert [r.max_tokens for r in w.requests] == [min(r.max_tokens, 4) for r in open_loop.requests[:8]]
+
+
+def test_tail_ratios_pair_each_rounds_p99_with_plain_vllms_same_round() -> None:
+    from bench.loadreport import tail_ratios
+    from bench.loadstats import median_run
+
+    plain = median_run([{"tokens_per_s": 10.0, "ttft_p99_ms": 100.0, "itl_p99_ms": 50.0},
+                        {"tokens_per_s": 20.0, "ttft_p99_ms": 400.0, "itl_p99_ms": 10.0},
+                        {"tokens_per_s": 30.0, "ttft_p99_ms": 200.0, "itl_p99_ms": 20.0}])
+    ours = median_run([{"tokens_per_s": 10.0, "ttft_p99_ms": 120.0, "itl_p99_ms": 50.0},
+                       {"tokens_per_s": 20.0, "ttft_p99_ms": 200.0, "itl_p99_ms": 30.0},
+                       {"tokens_per_s": 30.0, "ttft_p99_ms": 300.0, "itl_p99_ms": 10.0}])
+    assert ours["rounds_ttft_p99_ms"] == [120.0, 200.0, 300.0]
+    # TTFT per round 1.2, 0.5, 1.5 -> median 1.2; ITL 1.0, 3.0, 0.5 -> median 1.0
+    assert tail_ratios({"plain vLLM": {"p": plain}, "x": {"p": ours}, "HF": {"p": {"tokens_per_s": 1.0}}}) == {
+        "x": {"p": {"ttft_p99_ms": 1.2, "itl_p99_ms": 1.0}}}

@@ -1,0 +1,222 @@
+"""TruthfulQA v0 MC1/MC2 with two-fold cross-validation by question, through the API (issue 22).
+
+Every candidate configuration scores all 817 questions once (per-question MC1 and MC2, cached per
+configuration in ``OUT/scores/<config>.json``, so a rerun only computes what is missing); the
+choice is then pure arithmetic (:func:`cross_validate`): on each fold the configuration with the
+best mean on the *other* fold is chosen, and only its score on the reported fold counts. Fold 1
+is questions 1-409 of the v0 file order, fold 2 questions 410-817. The gain over no intervention
+is a paired difference over the reported fold's questions, with its standard error.
+
+Formats: ``chat`` (default for instruct models: the question as the user's turn, each option as
+the assistant's reply, zero-shot) or ``primer`` (the paper's six-shot QA primer). The chat form is
+the instruct models' own convention and about ten times cheaper: echo scoring asks for prompt
+log-probabilities, which vLLM computes without the prefix cache, so the 300-token primer would be
+recomputed for every one of the ~8,000 options.
+
+    python -m eval.truthfulqa_cv --base http://127.0.0.1:8000 --tokenizer qwen2.5-coder-1.5b-instruct \
+        --configs @eval/configs/truthfulqa-qwen.json --out eval/results/truthfulqa-cv-qwen
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import re
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from eval import scoring
+from eval.client import Api
+from eval.data import MCItem, qa_context, truthfulqa
+
+FOLD_SPLIT = 409  # questions 1-409 are fold 1, 410-817 fold 2
+METRICS = ("MC1", "MC2")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float
+    se: float
+    n: int
+
+
+@dataclass(frozen=True)
+class FoldResult:
+    """One reported fold: the configuration chosen on the other fold, and its numbers here."""
+
+    fold: int  # 1 or 2, the fold reported
+    chosen: str
+    metric: str
+    train_value: float  # the chosen configuration's mean on the fold it was chosen on
+    baseline: Estimate
+    chosen_value: Estimate
+    gain: Estimate  # paired: chosen - baseline, per question of the reported fold
+
+
+def folds(n: int, split: int = FOLD_SPLIT) -> list[int]:
+    """Fold (1 or 2) of each question in file order."""
+    return [1 if i < split else 2 for i in range(n)]
+
+
+def mean_se(values: Sequence[float]) -> Estimate:
+    if not values:
+        raise ValueError("no values")
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(statistics.fmean(values), se, len(values))
+
+
+def cross_validate(scores: Mapping[str, Sequence[float]], fold_of: Sequence[int], baseline: str = "none",
+                   metric: str = "MC1") -> list[FoldResult]:
+    """Two-fold choice by one metric. ``scores`` maps each configuration (the baseline included)
+    to its per-question values, in the order of ``fold_of``. Ties go to the configuration listed
+    first, so list the baseline first to prefer doing nothing."""
+    if baseline not in scores:
+        raise ValueError(f"the baseline {baseline!r} has no scores")
+    for name, vals in scores.items():
+        if len(vals) != len(fold_of):
+            raise ValueError(f"{name}: {len(vals)} scores for {len(fold_of)} questions")
+    out = []
+    for fold in (1, 2):
+        train = [i for i, f in enumerate(fold_of) if f != fold]
+        test = [i for i, f in enumerate(fold_of) if f == fold]
+        means = {name: statistics.fmean(vals[i] for i in train) for name, vals in scores.items()}
+        chosen = max(means, key=lambda name: means[name])  # max keeps the first of equal values
+        base = [scores[baseline][i] for i in test]
+        got = [scores[chosen][i] for i in test]
+        out.append(FoldResult(fold, chosen, metric, means[chosen], mean_se(base), mean_se(got),
+                              mean_se([g - b for g, b in zip(got, base, strict=True)])))
+    return out
+
+
+def contexts(items: Sequence[MCItem], fmt: str, tokenizer: object) -> list[str]:
+    if fmt == "primer":
+        return [qa_context(it.question) for it in items]
+    return [tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": it.question}], tokenize=False, add_generation_prompt=True) for it in items]
+
+
+async def per_question(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], fmt: str, extra: dict[str, Any],
+                       name: str) -> dict[str, list[float]]:
+    """Per-question MC1 and MC2 under one configuration (summed option log-likelihoods)."""
+    sep = " " if fmt == "primer" else ""
+    ctx: list[str] = []
+    cont: list[str] = []
+    for it, c in zip(items, ctxs, strict=True):
+        for o in it.options():
+            ctx.append(c)
+            cont.append(sep + o)
+    scored = iter(await api.score(ctx, cont, extra, desc=f"TruthfulQA [{name}]"))
+    res: dict[str, list[float]] = {m: [] for m in METRICS}
+    for it in items:
+        lp = {o: next(scored).total for o in it.options()}
+        res["MC1"].append(scoring.mc1([lp[o] for o in it.mc1], list(it.mc1.values())))
+        res["MC2"].append(scoring.mc2([lp[o] for o in it.mc2], list(it.mc2.values())))
+    return res
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
+
+
+def markdown(title: str, names: Sequence[str], scores: Mapping[str, Mapping[str, Sequence[float]]],
+             fold_of: Sequence[int], cv: Mapping[str, list[FoldResult]]) -> str:
+    lines = [f"# {title}\n", "## Every configuration, per fold (mean ± SE)\n",
+             "| config | MC1 fold 1 | MC1 fold 2 | MC2 fold 1 | MC2 fold 2 |", "|---|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for metric in METRICS:
+            for fold in (1, 2):
+                e = mean_se([v for v, f in zip(scores[name][metric], fold_of, strict=True) if f == fold])
+                cells.append(f"{e.value:.3f} ± {e.se:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Cross-validated (chosen on the other fold)\n",
+              "| metric | reported fold | chosen | its mean on the choosing fold | none | chosen | gain (paired ± SE) |",
+              "|---|---|---|---|---|---|---|"]
+    for metric, results in cv.items():
+        for r in results:
+            lines.append(f"| {metric} | {r.fold} (n={r.baseline.n}) | {r.chosen} | {r.train_value:.3f} | "
+                         f"{r.baseline.value:.3f} ± {r.baseline.se:.3f} | {r.chosen_value.value:.3f} ± "
+                         f"{r.chosen_value.se:.3f} | {r.gain.value:+.3f} ± {r.gain.se:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_configs(spec: str) -> dict[str, dict[str, Any]]:
+    """``{name: request fields}`` from JSON or ``@FILE``; ``none`` (no fields) is always first."""
+    given = json.loads(Path(spec[1:]).read_text() if spec.startswith("@") else spec)
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+        raise SystemExit("--configs: a JSON object {name: {request fields}}")
+    return {"none": {}} | {k: v for k, v in given.items() if k != "none"}
+
+
+async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs: dict[str, dict[str, Any]],
+               cache: Path) -> dict[str, dict[str, list[float]]]:
+    cache.mkdir(parents=True, exist_ok=True)
+    out: dict[str, dict[str, list[float]]] = {}
+    for name, extra in configs.items():
+        path = cache / f"{slug(name)}.json"
+        if path.exists() and json.loads(path.read_text()).get("extra") == extra:
+            out[name] = json.loads(path.read_text())["scores"]
+            continue
+        t0 = time.time()
+        out[name] = await per_question(api, items, ctxs, fmt, extra, name)
+        path.write_text(json.dumps({"config": name, "extra": extra, "format": fmt, "wall_s": time.time() - t0,
+                                    "scores": out[name]}))
+        print(f"{name}: MC1 {statistics.fmean(out[name]['MC1']):.3f} MC2 {statistics.fmean(out[name]['MC2']):.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--base", required=True, help="URL of a running truthsteer server")
+    ap.add_argument("--tokenizer", default=None, help="HF folder or packaged alias (chat template)")
+    ap.add_argument("--configs", required=True, help="JSON {name: request fields} or @FILE; none is added")
+    ap.add_argument("--format", choices=("chat", "primer"), default="chat")
+    ap.add_argument("--limit", type=int, default=None, help="first N questions (a smoke run; folds split at N/2)")
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+
+    from transformers import AutoTokenizer
+
+    from bench.servers import machine
+    from steering.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(args.tokenizer)))
+    items = truthfulqa(None)[: args.limit]
+    fold_of = folds(len(items), FOLD_SPLIT if args.limit is None else (len(items) + 1) // 2)
+    configs = load_configs(args.configs)
+    model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
+    api = Api(args.base, model, concurrency=args.concurrency)
+    t0 = time.time()
+
+    async def go() -> dict[str, dict[str, list[float]]]:
+        try:
+            return await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
+                              args.out / "scores")
+        finally:
+            await api.close()
+
+    scores = asyncio.run(go())
+    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m) for m in METRICS}
+    title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format)"
+    report = markdown(title, list(configs), scores, fold_of, cv)
+    (args.out / "truthfulqa_cv.md").write_text(report)
+    (args.out / "truthfulqa_cv.json").write_text(json.dumps(
+        {"model": model, "format": args.format, "n_questions": len(items), "configs": configs,
+         "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "machine": machine(),
+         "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,50 @@
+"""eval.truthfulqa_cv: the two-fold choice on fixed toy numbers, with exact expected values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from eval.truthfulqa_cv import cross_validate, folds, load_configs, mean_se, slug
+
+
+def test_folds_split_the_v0_questions_at_409() -> None:
+    f = folds(817)
+    assert f.count(1) == 409 and f.count(2) == 408
+    assert f[408] == 1 and f[409] == 2
+
+
+def test_each_fold_reports_the_configuration_chosen_on_the_other() -> None:
+    fold_of = [1, 1, 2, 2]
+    scores = {"none": [0.0, 1.0, 0.0, 1.0], "A": [1.0, 1.0, 0.0, 0.0], "B": [0.0, 1.0, 1.0, 1.0]}
+    first, second = cross_validate(scores, fold_of)
+    # fold 1 is reported with the choice made on fold 2 (B: 1.0 there)
+    assert (first.fold, first.chosen, first.train_value) == (1, "B", 1.0)
+    assert (first.chosen_value.value, first.baseline.value, first.gain.value, first.gain.se) == (0.5, 0.5, 0.0, 0.0)
+    # fold 2 with the choice made on fold 1 (A: 1.0 there), which does worse on fold 2
+    assert (second.fold, second.chosen, second.train_value) == (2, "A", 1.0)
+    assert second.chosen_value.value == 0.0 and second.baseline.value == 0.5
+    assert second.gain.value == -0.5
+    assert second.gain.se == pytest.approx(math.sqrt(0.5) / math.sqrt(2))
+    assert second.gain.n == 2
+
+
+def test_ties_keep_the_baseline_listed_first() -> None:
+    fold_of = [1, 2]
+    (first, second) = cross_validate({"none": [0.5, 0.5], "A": [0.5, 0.5]}, fold_of)
+    assert first.chosen == second.chosen == "none"
+
+
+def test_bad_inputs_are_named() -> None:
+    with pytest.raises(ValueError, match="baseline"):
+        cross_validate({"A": [1.0]}, [1])
+    with pytest.raises(ValueError, match="A: 1 scores for 2 questions"):
+        cross_validate({"none": [1.0, 0.0], "A": [1.0]}, [1, 2])
+
+
+def test_mean_se_and_config_helpers() -> None:
+    e = mean_se([1.0, 0.0, 1.0, 0.0])
+    assert (e.value, e.n) == (0.5, 4) and e.se == pytest.approx(math.sqrt(1 / 3) / 2)
+    assert list(load_configs('{"DoLa": {"decoding": {"method": "dola"}}, "none": {"x": 1}}')) == ["none", "DoLa"]
+    assert slug("truth +4 @17-19") == "truth_+4_17-19"
