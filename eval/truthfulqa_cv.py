@@ -14,7 +14,8 @@ log-probabilities, which vLLM computes without the prefix cache, so the 300-toke
 recomputed for every one of the ~8,000 options.
 
     python -m eval.truthfulqa_cv --base http://127.0.0.1:8000 --tokenizer qwen2.5-coder-1.5b-instruct \
-        --configs @eval/configs/truthfulqa-qwen.json --out eval/results/truthfulqa-cv-qwen
+        --configs @eval/candidates/truthfulqa-qwen2.5-coder-1.5b-instruct.json --per-fold 150 \
+        --out eval/results/truthfulqa-cv-qwen2.5-coder-1.5b-instruct
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import re
 import statistics
 import time
@@ -64,6 +66,17 @@ class FoldResult:
 def folds(n: int, split: int = FOLD_SPLIT) -> list[int]:
     """Fold (1 or 2) of each question in file order."""
     return [1 if i < split else 2 for i in range(n)]
+
+
+def per_fold_sample(n: int, per_fold: int | None, seed: int = 0, split: int = FOLD_SPLIT) -> list[int]:
+    """Indices of the questions to score, in file order: all of them, or a seeded sample of
+    ``per_fold`` questions from each fold (TruthfulQA's file is grouped by category, so a prefix
+    would not be a sample)."""
+    if per_fold is None:
+        return list(range(n))
+    rng = random.Random(seed)
+    picked = [*rng.sample(range(split), min(per_fold, split)), *rng.sample(range(split, n), min(per_fold, n - split))]
+    return sorted(picked)
 
 
 def mean_se(values: Sequence[float]) -> Estimate:
@@ -157,18 +170,18 @@ def load_configs(spec: str) -> dict[str, dict[str, Any]]:
 
 
 async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs: dict[str, dict[str, Any]],
-               cache: Path) -> dict[str, dict[str, list[float]]]:
+               cache: Path, picked: list[int]) -> dict[str, dict[str, list[float]]]:
     cache.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict[str, list[float]]] = {}
     for name, extra in configs.items():
         path = cache / f"{slug(name)}.json"
-        if path.exists() and json.loads(path.read_text()).get("extra") == extra:
+        key = {"extra": extra, "format": fmt, "questions": picked}
+        if path.exists() and {k: json.loads(path.read_text()).get(k) for k in key} == key:
             out[name] = json.loads(path.read_text())["scores"]
             continue
         t0 = time.time()
         out[name] = await per_question(api, items, ctxs, fmt, extra, name)
-        path.write_text(json.dumps({"config": name, "extra": extra, "format": fmt, "wall_s": time.time() - t0,
-                                    "scores": out[name]}))
+        path.write_text(json.dumps({"config": name, **key, "wall_s": time.time() - t0, "scores": out[name]}))
         print(f"{name}: MC1 {statistics.fmean(out[name]['MC1']):.3f} MC2 {statistics.fmean(out[name]['MC2']):.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     return out
@@ -180,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tokenizer", default=None, help="HF folder or packaged alias (chat template)")
     ap.add_argument("--configs", required=True, help="JSON {name: request fields} or @FILE; none is added")
     ap.add_argument("--format", choices=("chat", "primer"), default="chat")
-    ap.add_argument("--limit", type=int, default=None, help="first N questions (a smoke run; folds split at N/2)")
+    ap.add_argument("--per-fold", type=int, default=None,
+                    help="a seeded sample of N questions from each fold (default: all 817)")
+    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -191,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     from steering.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(args.tokenizer)))
-    items = truthfulqa(None)[: args.limit]
-    fold_of = folds(len(items), FOLD_SPLIT if args.limit is None else (len(items) + 1) // 2)
+    every = truthfulqa(None)
+    picked = per_fold_sample(len(every), args.per_fold, args.seed)
+    items = [every[i] for i in picked]
+    fold_of = [folds(len(every))[i] for i in picked]
     configs = load_configs(args.configs)
     model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
     api = Api(args.base, model, concurrency=args.concurrency)
@@ -201,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> dict[str, dict[str, list[float]]]:
         try:
             return await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
-                              args.out / "scores")
+                              args.out / "scores", picked)
         finally:
             await api.close()
 
@@ -211,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     report = markdown(title, list(configs), scores, fold_of, cv)
     (args.out / "truthfulqa_cv.md").write_text(report)
     (args.out / "truthfulqa_cv.json").write_text(json.dumps(
-        {"model": model, "format": args.format, "n_questions": len(items), "configs": configs,
+        {"model": model, "format": args.format, "n_questions": len(items), "per_fold": args.per_fold,
+         "seed": args.seed, "questions": picked, "configs": configs,
          "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "machine": machine(),
          "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(report)

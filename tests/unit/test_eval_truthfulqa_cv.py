@@ -48,3 +48,14 @@ def test_mean_se_and_config_helpers() -> None:
     assert (e.value, e.n) == (0.5, 4) and e.se == pytest.approx(math.sqrt(1 / 3) / 2)
     assert list(load_configs('{"DoLa": {"decoding": {"method": "dola"}}, "none": {"x": 1}}')) == ["none", "DoLa"]
     assert slug("truth +4 @17-19") == "truth_+4_17-19"
+
+
+def test_per_fold_sample_keeps_file_order_and_both_folds() -> None:
+    from eval.truthfulqa_cv import per_fold_sample
+
+    assert per_fold_sample(817, None) == list(range(817))
+    picked = per_fold_sample(817, 150, seed=3)
+    assert picked == sorted(picked) and len(set(picked)) == 300
+    fold_of = folds(817)
+    assert [fold_of[i] for i in picked].count(1) == 150
+    assert picked == per_fold_sample(817, 150, seed=3)
