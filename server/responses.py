@@ -2,13 +2,14 @@
 
 Every object the generation routes send is one of these models, serialised by pydantic; nothing is
 assembled as a free dict. Invariants of the wire shape (what OpenAI clients and the API contract
-tests expect, unchanged from the dicts these models replaced):
+tests expect; keys and values unchanged from the dicts these models replaced, keys in the models'
+field order):
 
 - OpenAI's own fields are always present, ``null`` where OpenAI sends ``null`` (``logprobs``,
   ``finish_reason``);
 - truthsteer's additions (``probe_scores``, ``probe_summary``, ``token_flags``, ``interventions``,
   ``abstain``, ``abstain.original``) and a delta's ``role`` are *absent* when ``None``
-  (``Field(exclude_if=...)``, see :data:`Omitted`);
+  (``Field(exclude_if=...)``, :func:`_omitted`);
 - a stream chunk's ``usage`` is ``null`` in every chunk of a stream that asked for usage and
   absent otherwise: the stream serialises with :func:`chunk_line` (``exclude={"usage"}`` when
   not asked), the final usage chunk carries :class:`Usage`.
