@@ -53,7 +53,7 @@ serve: $(MODEL_TARGET)
 	$(MODEL_ENV) $(BIN)/truthsteer serve
 
 # Regenerate the computed truth domains in data/truth_domains/generated/ (seeded, byte-identical;
-# tests/unit/test_truthgen.py checks the committed files against a regeneration).
+# tests/unit/probes/test_truthgen.py checks the committed files against a regeneration).
 truth-data: install
 	$(BIN)/python -m probes.truthgen
 

@@ -18,7 +18,7 @@ from server.directions_api import directions_router
 from server.errors import APIError, install_error_handlers
 from server.lifecycle import Lifecycle, guard_stream
 from server.middleware import BodyLimit, RequestMetrics
-from server.openapi import GENERATION, HEALTH, METADATA, install_openapi
+from server.openapi import GENERATION, HEALTH, METADATA, install_openapi, streamed
 from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -27,6 +27,12 @@ from server.protocol import (
     ModelList,
     ProbeScoreList,
     ProbeScoreRequest,
+)
+from server.responses import (
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    CompletionChunk,
+    CompletionResponse,
 )
 from server.scoring import score_texts
 from server.serving import Serving
@@ -86,7 +92,7 @@ def create_app(settings: Settings, serving: Serving | None = None) -> FastAPI:
                   description="OpenAI-compatible server with per-request truth/sycophancy steering")
     app.state.lifecycle = lifecycle
     install_error_handlers(app)
-    install_openapi(app)
+    install_openapi(app, [CompletionChunk, ChatCompletionChunk])
     auth = Depends(_auth(settings))
 
     def srv() -> Serving:
@@ -155,11 +161,14 @@ def _generation_routes(app: FastAPI, srv: Callable[[], Serving], auth: Any, life
             return StreamingResponse(guard_stream(gen, lifecycle), media_type="text/event-stream")
         return JSONResponse(await until_disconnect(request, collect(s, req)))
 
-    @app.post("/v1/completions", dependencies=[auth], responses=GENERATION)
+    # the routes return their responses (JSON or SSE) themselves; response_model documents them
+    @app.post("/v1/completions", dependencies=[auth], response_model=CompletionResponse,
+              responses={**GENERATION, **streamed(CompletionChunk)})
     async def completions(req: CompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 
-    @app.post("/v1/chat/completions", dependencies=[auth], responses=GENERATION)
+    @app.post("/v1/chat/completions", dependencies=[auth], response_model=ChatCompletionResponse,
+              responses={**GENERATION, **streamed(ChatCompletionChunk)})
     async def chat_completions(req: ChatCompletionRequest, request: Request) -> Any:
         return await _complete(req, request)
 

@@ -3,14 +3,21 @@
 One :class:`Metrics` per app, on its own registry (no process-global state, so tests can build
 many apps). Label sets that are known at start-up (endpoints, directions, probes) are initialised
 to zero so that dashboards and alerts see every series before the first request.
+
+What a completion's choices add (probe scores, interventions, abstentions, token counts) is
+recorded here, by :meth:`Metrics.record_choice` and :meth:`Metrics.record_usage`, from the outcome
+the response is formatted from; formatting records nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from server.choices import ChoiceOutcome
 
 ENDPOINTS = ("chat", "completions", "probes_score")
 OPS = ("add", "ablate", "clamp")
@@ -89,6 +96,31 @@ class Metrics:
         for m in DECODING_METHODS:
             self.decoding_requests.labels(m)
             self.intervention_tokens.labels(m, "contrasted")
+
+    def record_choice(self, out: ChoiceOutcome) -> None:
+        """A finished choice: its probes' mean scores and flags, intervention tokens, abstention."""
+        for name, summary in (out.probe_scores or {}).items():
+            if summary.mean is not None:
+                self.probe_score.labels(name).observe(summary.mean)
+                if summary.flagged:
+                    self.probe_flagged.labels(name).inc()
+        iv = out.interventions
+        if iv is not None:
+            for d in out.directions:
+                self.intervention_tokens.labels(d, "steered").inc(iv.steered_tokens)
+            if out.contrast_method is not None and iv.contrasted_tokens:
+                self.intervention_tokens.labels(out.contrast_method, "contrasted").inc(iv.contrasted_tokens)
+        if out.abstain is not None and out.abstain.abstained:
+            self.abstentions.labels(out.abstain.probe).inc()
+
+    def record_usage(self, prompt_tokens: int, choice_tokens: Iterable[int]) -> int:
+        """A completed request: its prompt tokens and each choice's generated tokens; their sum."""
+        lengths = list(choice_tokens)
+        self.prompt_tokens.inc(prompt_tokens)
+        self.completion_tokens.inc(sum(lengths))
+        for n in lengths:
+            self.completion_length.observe(n)
+        return sum(lengths)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,10 +7,12 @@ failures are answered with 400 (``errors.py``), never 422; a 429 documents ``Ret
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 
 _WHY = {
     400: "Invalid request (the message and `param` name the field)",
@@ -50,12 +52,23 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 GENERATION = error_responses(400, 401, 404, 413, 429, 500, 503)
+
+
+def streamed(chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
+    """A generation route's 200 with ``stream: true``: server-sent events, each ``data:`` a ``chunk``
+    (``server/responses.py``), then ``data: [DONE]``. No ``schema`` (it would have to describe every
+    event, ``[DONE]`` included, as JSON): the chunk's schema is named in ``x-chunk-schema``."""
+    return {200: {
+        "description": f"The response; with `stream: true` server-sent events: `data: <{chunk.__name__}>` "
+                       "per piece, then `data: [DONE]`",
+        "content": {"text/event-stream": {"x-chunk-schema": {"$ref": f"#/components/schemas/{chunk.__name__}"}}}}}
 METADATA = error_responses(401, 500, 503)
 HEALTH = error_responses(503)
 
 
-def install_openapi(app: FastAPI) -> None:
-    """Strip FastAPI's 422 (never sent) from the generated document."""
+def install_openapi(app: FastAPI, extra_models: Sequence[type[BaseModel]] = ()) -> None:
+    """Strip FastAPI's 422 (never sent) from the generated document; add ``extra_models`` (the
+    stream chunks, which no route returns as JSON) to its schemas."""
     default = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -68,6 +81,10 @@ def install_openapi(app: FastAPI) -> None:
         schemas = doc.get("components", {}).get("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        _, extra = models_json_schema([(m, "serialization") for m in extra_models],
+                                      ref_template="#/components/schemas/{model}")
+        for name, schema in extra.get("$defs", {}).items():
+            schemas.setdefault(name, schema)
         app.openapi_schema = doc
         return doc
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from server.errors import bad_request
+from server.responses import ProbeSummary
 from steering.bundle import DirectionBundle, ProbeFrame
 
 LOW_IS_RISK_KINDS = frozenset({"truth", "honesty", "factuality"})
@@ -62,10 +63,10 @@ def select_probes(requested: Sequence[str] | Literal["all"] | None, probes: Mapp
     return out
 
 
-def summarize(tokens: list[float | None], info: ProbeInfo) -> dict[str, Any]:
-    """``{"mean", "min", "last", "tokens", "flagged"}`` over the scores that arrived."""
+def summarize(tokens: list[float | None], info: ProbeInfo) -> ProbeSummary:
+    """Mean, min and last over the scores that arrived, and whether the mean is flagged."""
     vals = [t for t in tokens if t is not None]
     if not vals:
-        return {"mean": None, "min": None, "last": None, "tokens": tokens, "flagged": False}
+        return ProbeSummary(mean=None, min=None, last=None, tokens=tokens, flagged=False)
     mean = sum(vals) / len(vals)
-    return {"mean": mean, "min": min(vals), "last": vals[-1], "tokens": tokens, "flagged": info.flagged(mean)}
+    return ProbeSummary(mean=mean, min=min(vals), last=vals[-1], tokens=tokens, flagged=info.flagged(mean))

@@ -198,12 +198,6 @@ class ProbeScoreList(BaseModel):
     usage: dict[str, int]
 
 
-class Usage(BaseModel):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"

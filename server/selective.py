@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, TypedDict
 
+from server.responses import Interventions, TokenFlags
 from steering.decoding_spec import ResolvedDecoding
 from steering.spec import ResolvedOp
 from steering.vllm.probe_channel import CONTRASTED, STEERED
@@ -53,7 +53,7 @@ def steered_tokens(ops: list[ResolvedOp], n: int, flags: dict[int, int] | None) 
 
 
 def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: int,
-                  flags: dict[int, int] | None) -> dict[str, Any]:
+                  flags: dict[int, int] | None) -> Interventions:
     """``contrasted_tokens`` is ``None`` (unknown here) when an entropy gate decides per step (it
     runs in the sampler, after the flags are sent); with a probe gate alone the worker's
     ``CONTRASTED`` flags count them."""
@@ -65,19 +65,7 @@ def interventions(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, n: i
             contrasted = flagged(flags, n, CONTRASTED)
         else:
             contrasted = n
-    return {"steered_tokens": steered_tokens(ops, n, flags), "contrasted_tokens": contrasted}
-
-
-class TokenFlags(TypedDict):
-    """Per-token intervention flags of a stream chunk (``token_flags``), parallel to its tokens.
-
-    ``steered[k]``: the token came from a steered forward pass; ``contrasted[k]``: it was sampled
-    from the contrasted distribution (``None`` when an entropy gate decides, in the sampler).
-    Counts over a choice equal ``interventions``' ``steered_tokens`` / ``contrasted_tokens``.
-    """
-
-    steered: list[bool]
-    contrasted: list[bool | None]
+    return Interventions(steered_tokens=steered_tokens(ops, n, flags), contrasted_tokens=contrasted)
 
 
 def _steered_at(ops: list[ResolvedOp], k: int, flags: dict[int, int]) -> bool:
@@ -102,8 +90,12 @@ def _contrasted_at(decoding: ResolvedDecoding | None, k: int, flags: dict[int, i
 def token_flags(ops: list[ResolvedOp], decoding: ResolvedDecoding | None, start: int, count: int,
                 flags: dict[int, int] | None) -> TokenFlags:
     """Flags of the choice's generated tokens ``start .. start + count - 1`` (same rules as
-    :func:`interventions`; ``flags`` by token index within the choice)."""
+    :func:`interventions`; ``flags`` by token index within the choice).
+
+    ``steered[k]``: the token came from a steered forward pass; ``contrasted[k]``: it was sampled
+    from the contrasted distribution (``None`` when an entropy gate decides, in the sampler).
+    """
     f = flags or {}
     ks = range(start, start + count)
-    return {"steered": [_steered_at(ops, k, f) for k in ks],
-            "contrasted": [_contrasted_at(decoding, k, f) for k in ks]}
+    return TokenFlags(steered=[_steered_at(ops, k, f) for k in ks],
+                      contrasted=[_contrasted_at(decoding, k, f) for k in ks])

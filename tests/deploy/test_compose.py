@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema
 
 from server.settings import load_settings
-from tests.deploy.manifests import COMPOSE, DOCKER, GRAFANA, PROMETHEUS, SERVER_CONFIG, load_yaml
+from tests.support.manifests import COMPOSE, DOCKER, GRAFANA, PROMETHEUS, SERVER_CONFIG, load_yaml
 
 SERVERS = ("truthsteer-cpu", "truthsteer-gpu")
 # "host:target[:ro]" where host may be "${VAR:-default}".

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.manifests import (
+from tests.support.manifests import (
     DASHBOARDS,
     GRAFANA,
     dashboard_exprs,

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.deploy.manifests import DOCKER, ROOT
+from tests.support.manifests import DOCKER, ROOT
 
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile.cpu", "gpu": DOCKER / "Dockerfile.gpu"}
 MAKEFILE = (ROOT / "Makefile").read_text()

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from server.settings import load_settings
-from tests.deploy.manifests import COMPOSE, SERVER_CONFIG, k8s, load_yaml
+from tests.support.manifests import COMPOSE, SERVER_CONFIG, k8s, load_yaml
 
 MARGIN_S = 5  # engine shutdown and process exit after the drain
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from server.settings import load_settings
-from tests.deploy.manifests import COMPOSE, DEPLOY, exported, k8s, load_all_yaml, load_yaml
+from tests.support.manifests import COMPOSE, DEPLOY, exported, k8s, load_all_yaml, load_yaml
 
 # Custom resources (Prometheus Operator) have no schema in kubernetes-validate.
 CRDS = {"PodMonitor"}

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.deploy.manifests import dashboard_exprs, to_promql
-from tests.deploy.prom import MISSING, PROMETHEUS_BIN, running_prometheus
-from tests.integration.serve import running_server
+from tests.support.manifests import dashboard_exprs, to_promql
+from tests.support.prom import MISSING, PROMETHEUS_BIN, running_prometheus
+from tests.support.serve import running_server
 
 pytestmark = [pytest.mark.engine, pytest.mark.skipif(PROMETHEUS_BIN is None, reason=MISSING)]
 KEY = "sk-deploy-test"

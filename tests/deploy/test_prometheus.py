@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from server.metrics import Metrics
-from tests.deploy.manifests import (
+from tests.support.manifests import (
     ALERTS,
     ALERTS_TEST,
     DIRECTIONS,
@@ -30,7 +30,7 @@ from tests.deploy.manifests import (
     metric_names,
     to_promql,
 )
-from tests.deploy.prom import MISSING, PROMETHEUS_BIN, PROMTOOL, Prometheus, running_prometheus
+from tests.support.prom import MISSING, PROMETHEUS_BIN, PROMTOOL, Prometheus, running_prometheus
 
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason=MISSING)
 

@@ -1,7 +1,7 @@
 """Contrastive decoding (``decoding``) in the real engine: parity with the HF reference, isolation.
 
 Greedy tokens from vLLM (stash op + logits processor, compiled mode) must equal
-``tests/dola_reference.py`` run over the HF model, which shares no code with the vLLM path.
+``tests/support/dola_reference.py`` run over the HF model, which shares no code with the vLLM path.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import pytest
 
 from steering.decoding_spec import WIRE_KEY
 from steering.spec import EXTRA_ARGS_KEY
-from tests import dola_reference
-from tests.integration.test_dola_reference import PROMPTS
-from tests.integration.test_engine import assert_same_rows, sampling, signature
+from tests.support import dola_reference
+from tests.support.dola_reference import PROMPTS
+from tests.support.engine_outputs import assert_same_rows, sampling, signature
 
 pytestmark = pytest.mark.engine
 NEW_TOKENS = 16

@@ -1,4 +1,4 @@
-"""The readable reference (tests/dola_reference.py) and ``steering.contrastive`` applied to the same
+"""The readable reference (tests/support/dola_reference.py) and ``steering.contrastive`` applied to the same
 HF forward agree token for token on the default model (HF transformers only, no vLLM engine).
 
 HF transformers >= 4.56 no longer has ``generate(dola_layers=...)`` (moved to the Hub, unavailable
@@ -15,20 +15,9 @@ import torch
 
 from steering.contrastive import apply_contrast
 from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
-from tests import dola_reference
+from tests.support import dola_reference
+from tests.support.dola_reference import PROMPTS
 
-PROMPTS = [
-    "The capital of France is",
-    "The largest planet in the solar system is",
-    "Water boils at a temperature of",
-    "The author of Romeo and Juliet is",
-    "The chemical symbol for gold is",
-    "The first person to walk on the moon was",
-    "The tallest mountain on Earth is",
-    "The speed of light is approximately",
-    "Penguins live mostly in",
-    "The Great Wall of China was built to",
-]
 NEW_TOKENS = 16
 
 

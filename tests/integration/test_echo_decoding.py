@@ -1,6 +1,6 @@
 """Echo scoring under ``decoding`` in the real engine: contrasted prompt logprobs (teacher-forced,
 per position, as DoLa scores TruthfulQA answers) equal the HF reference
-(``tests/dola_reference.score``, one HF forward with ``output_hidden_states``), plain echo stays
+(``tests/support/dola_reference.score``, one HF forward with ``output_hidden_states``), plain echo stays
 vLLM's, mixed batches and chunked prefill give every request its solo result."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests import dola_reference
+from tests.support import dola_reference
 
 pytestmark = pytest.mark.engine
 TOL = 2e-3

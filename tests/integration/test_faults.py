@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.serve import server_process
+from tests.support.serve import server_process
 
 pytestmark = pytest.mark.engine
 MODEL = "smollm2"

@@ -24,7 +24,7 @@ import torch
 
 from steering.bundle import DirectionBundle, load_bundle, save_bundle
 from steering.engine import DEFAULT_DIRECTIONS
-from tests.integration.serve import running_server
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.engine
 KEY, ADMIN = "sk-live-user", "sk-live-admin"

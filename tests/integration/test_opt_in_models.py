@@ -17,7 +17,7 @@ import pytest
 from steering.engine import DEFAULT_DIRECTIONS
 from steering.errors import ModelError
 from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, model_sources
-from tests.integration.serve import running_server
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.engine
 API_KEY = "sk-test-opt-in"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.parity import MODEL, Result, max_difference, run_workload
-from tests.integration.serve import running_server
+from tests.support.parity import MODEL, Result, max_difference, run_workload
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.engine
 API_KEY = "sk-test-parity"

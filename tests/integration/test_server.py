@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.serve import running_server
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.engine
 API_KEY = "sk-test-truthsteer"
@@ -315,7 +315,7 @@ def test_probe_gated_dola_through_the_server(client: Any) -> None:
 
 
 def test_dola_through_the_server_with_steering_probes_and_streaming(client: Any) -> None:
-    from tests.integration.test_dola_reference import PROMPTS
+    from tests.support.dola_reference import PROMPTS
 
     kw: dict[str, Any] = {"model": "smollm2", "prompt": PROMPTS, "max_tokens": 16, "temperature": 0}
     plain = client.completions.create(**kw)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.ui.browser import artefact_dir, chromium, skip_reason
+from tests.support.browser import artefact_dir, chromium, skip_reason
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.serve import running_server
-from tests.ui.browser import chromium, screenshot, skip_reason, wait_css, wait_done
+from tests.support.browser import chromium, screenshot, skip_reason, wait_css, wait_done
+from tests.support.serve import running_server
 
 pytestmark = pytest.mark.engine
 KEY = "sk-ui-test"
