@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steering.errors import SpecError
-from steering.spec import EXTRA_ARGS_KEY
+from steering.request import EXTRA_ARGS_KEY
 from tests.integration.reference import last_token_logprobs
 
 pytestmark = pytest.mark.engine
