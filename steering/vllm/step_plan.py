@@ -70,17 +70,13 @@ class RequestState:
     decoding: ResolvedDecoding | None = None  # accepted on this worker (None: plain decoding)
     decode_gate: GateState | None = None
     decode_column: int = -1
-
-    @property
-    def gated(self) -> bool:
-        """Whether a probe gate reads this request's sampling rows."""
-        return bool(self.steer_gates) or self.decode_gate is not None
+    gated: bool = False  # a probe gate reads this request's sampling rows (set once admitted)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RowSpan:
     """One request of the step: token rows ``start .. end - 1`` hold sequence positions
-    ``position ..``; those below ``num_prompt`` are prompt tokens."""
+    ``position ..``; those below ``num_prompt`` are prompt tokens. Read-only once planned."""
 
     index: int  # batch row
     req_id: str
@@ -89,20 +85,15 @@ class RowSpan:
     position: int  # sequence position of token row ``start`` (tokens computed before this step)
     num_prompt: int
     state: RequestState
+    scheduled: bool = field(init=False)  # any token row this step
+    split: int = field(init=False)  # first token row of generated positions (``end``: all prompt rows)
+    samples: bool = field(init=False)  # the last row samples a token (the prompt is complete after this step)
 
-    @property
-    def scheduled(self) -> bool:
-        return self.end > self.start
-
-    @property
-    def split(self) -> int:
-        """First token row of generated positions (``end`` when every row is a prompt row)."""
-        return self.start + min(max(self.num_prompt - self.position, 0), self.end - self.start)
-
-    @property
-    def samples(self) -> bool:
-        """Whether the last row samples a token (the prompt is complete after this step)."""
-        return self.scheduled and self.position + (self.end - self.start) >= self.num_prompt
+    def __post_init__(self) -> None:
+        n = self.end - self.start
+        self.scheduled = n > 0
+        self.split = self.start + min(max(self.num_prompt - self.position, 0), n)
+        self.samples = n > 0 and self.position + n >= self.num_prompt
 
     @property
     def prompt_logprob_rows(self) -> int:
@@ -176,18 +167,18 @@ class StepPlanner:
         self._forget(set(req_ids))
         rejected: Counter[str] = Counter()
         spans: list[RowSpan] = []
-        qsl = runner.query_start_loc.np if n else np.zeros(1, dtype=np.int32)
+        qsl = runner.query_start_loc.np[: n + 1].tolist() if n else [0]
+        computed, prompt = ib.num_computed_tokens_cpu[:n].tolist(), ib.num_prompt_tokens[:n].tolist()
         for i, rid in enumerate(req_ids):
             state = self.requests.get(rid)
             if state is None:
                 state = self.requests[rid] = self._admit(rid, runner.requests.get(rid), rejected)
-            spans.append(RowSpan(i, rid, int(qsl[i]), int(qsl[i + 1]), int(ib.num_computed_tokens_cpu[i]),
-                                 int(ib.num_prompt_tokens[i]), state))
+            spans.append(RowSpan(i, rid, qsl[i], qsl[i + 1], computed[i], prompt[i], state))
         echo = frozenset(getattr(runner, "num_prompt_logprobs", None) or ())
         contrast = [s.state.decoding if s.samples else None for s in spans]
         flags = {s.req_id: STEERED if s.state.steer_gates and _steers_last_row(s) else 0
                  for s in spans if s.state.gated and s.samples}
-        return StepPlan(tuple(spans), int(qsl[n]) if n else 0, echo, dict(rejected), contrast, flags)
+        return StepPlan(tuple(spans), int(qsl[n]), echo, dict(rejected), contrast, flags)
 
     def _forget(self, live: set[str]) -> None:
         for rid in self.requests.keys() - live if self.requests else ():
@@ -215,6 +206,7 @@ class StepPlanner:
                 self._reject(rid, STEERING, str(e), rejected)
         if self.decoding and contract.decoding is not None:
             self._accept_decoding(rid, state, contract.decoding, rejected)
+        state.gated = bool(state.steer_gates) or state.decode_gate is not None
         return state
 
     def _accept_decoding(self, rid: str, state: RequestState, cfg: ResolvedDecoding, rejected: Counter[str]) -> None:
