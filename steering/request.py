@@ -141,7 +141,7 @@ def from_wire(extra_args: Any, num_layers: int | None = None) -> RequestContract
             continue
         try:
             parsed[key] = parse(ours[key])
-        except (KeyError, TypeError, ValueError) as e:  # SpecError is a ValueError
+        except (AttributeError, KeyError, TypeError, ValueError) as e:  # SpecError is a ValueError
             errors.append((key, f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)))
     vectors = ours.get(VECTORS)
     return RequestContract(
