@@ -26,8 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.errors import APIError, bad_request
 from server.settings import Settings
-from steering.spec import EXTRA_ARGS_KEY
-from steering.vllm.capture import CAPTURE_KEY
+from steering.request import CaptureRequest, build
 
 ACTIVATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "bad input, layers, positions or site (OpenAI error shape naming the parameter)"},
@@ -106,8 +105,8 @@ async def capture_one(s: Any, budget: RowBudget, ids: list[int], layers: list[in
     from vllm import SamplingParams
 
     cid = uuid.uuid4().hex
-    ext = {CAPTURE_KEY: {"id": cid, "layers": layers, "positions": positions}}
-    params = SamplingParams(max_tokens=1, temperature=0, extra_args={EXTRA_ARGS_KEY: ext})
+    contract = build(capture=CaptureRequest(cid, tuple(layers), frozenset(positions)))
+    params = SamplingParams(max_tokens=1, temperature=0, extra_args=contract.extra_args())
     prompt = {"prompt_token_ids": ids, "cache_salt": cid}  # private: every position is computed
     await budget.acquire(len(positions))
     try:

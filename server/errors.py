@@ -1,7 +1,9 @@
 """OpenAI-shaped errors, mapped in one place.
 
 Every client error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; the
-handlers below turn validation failures, steering-spec errors and our own :class:`APIError` into
+handlers below turn validation failures, steering-spec errors (``invalid_steering``), decoding-spec
+errors (``invalid_decoding``, also when pydantic rejects the typed ``decoding`` field: same message
+and ``param`` as :func:`steering.decoding_spec.parse_decoding`) and our own :class:`APIError` into
 that shape, so no client input ever produces a 500.
 """
 
@@ -15,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from steering.decoding_spec import decoding_error
 from steering.errors import SpecError
 
 
@@ -52,6 +55,11 @@ def server_error(exc: BaseException, engine_dead: bool) -> APIError:
                     code="internal_error")
 
 
+def spec_error(exc: SpecError) -> APIError:
+    """A steering or decoding spec error: 400 ``invalid_steering`` / ``invalid_decoding``."""
+    return bad_request(str(exc), exc.param, exc.code)
+
+
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
     parts = [p for p in loc if p not in ("body", "query", "path")]
     if not parts:
@@ -82,11 +90,18 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(SpecError)
     async def _spec_error(req: Request, exc: SpecError) -> JSONResponse:
-        return _respond(req, bad_request(str(exc), exc.param, "invalid_steering"))
+        return _respond(req, spec_error(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(req: Request, exc: RequestValidationError) -> JSONResponse:
-        errs = exc.errors()
+        errs = list(exc.errors())
+        decoding = [e for e in errs if tuple(e.get("loc", ()))[:2] == ("body", "decoding")]
+        if decoding and len(decoding) == len(errs):  # only the typed decoding field is wrong
+            if all(len(e["loc"]) == 2 for e in decoding):  # not an object at all: the message of a JSON-object field
+                return _respond(req, bad_request("decoding: Input should be a valid dictionary", "decoding",
+                                                 "invalid_value"))
+            return _respond(req, spec_error(decoding_error([{**e, "loc": tuple(e["loc"])[2:]} for e in decoding])))
+        errs = [e for e in errs if e not in decoding]  # other fields first, as before decoding was typed
         # union branches each report an error; the telling one is where the value had the branch's
         # type but broke a constraint ([] against a non-empty list), the deepest such one first
         first = max(errs, key=lambda e: (not str(e.get("type", "")).endswith("_type"), len(e.get("loc", ()))),

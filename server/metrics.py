@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 ENDPOINTS = ("chat", "completions", "probes_score")
 OPS = ("add", "ablate", "clamp")
 DECODING_METHODS = ("dola", "contrast")
-ERROR_CODES = ("invalid_value", "invalid_json", "invalid_steering", "unknown_probe", "model_not_found",
+ERROR_CODES = ("invalid_value", "invalid_json", "invalid_steering", "invalid_decoding", "unknown_probe",
+               "model_not_found",
                "context_length_exceeded", "invalid_api_key", "request_too_large", "unsupported",
                # live registry, inline vectors, activation capture
                "invalid_bundle", "direction_exists", "direction_static", "direction_not_found", "registry_full",

@@ -15,7 +15,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 _WHY = {
-    400: "Invalid request (the message and `param` name the field)",
+    400: "Invalid request (the message and `param` name the field; `code`: `invalid_value`, "
+         "`invalid_steering`, `invalid_decoding`, ...)",
     401: "Missing or invalid API key (only when the server has api_keys)",
     404: "Unknown model (`code: model_not_found`) or path",
     413: "Request body larger than max_body_bytes",

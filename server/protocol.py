@@ -1,7 +1,11 @@
 """Request and response models of the OpenAI-compatible API, with truthsteer's extensions.
 
 Validation lives here (types, ranges, unknown fields rejected); checks that need the loaded model
-or bundles (direction names, layers) happen in ``serving.py`` through ``steering.spec.resolve``.
+or bundles (direction names, layers) happen in ``serving.py`` through ``steering.spec.resolve`` and
+``steering.request``. A request model turns itself into vLLM ``SamplingParams``
+(:meth:`CompletionRequest.to_sampling_params`), carrying the truthsteer contract of
+``steering/request.py`` in ``extra_args``; ``decoding`` is the typed
+:class:`~steering.decoding_spec.DecodingSpec` (its errors are reported as ``invalid_decoding``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steering.bundle import DirectionBundle
+from steering.decoding_spec import DecodingSpec
+from steering.request import RequestContract
 from steering.spec import SteeringOp
 
 Text = Annotated[str, Field(min_length=1)]  # tokenises to no token when empty: a 400
@@ -98,7 +104,7 @@ class _Common(_Req):
         description='truthsteer: selective answering; abstained choices get finish_reason "abstained" (streams '
         "then send each choice whole, in its final chunk)",
     )
-    decoding: dict[str, Any] | None = Field(
+    decoding: DecodingSpec | None = Field(
         default=None,
         description="truthsteer: contrastive lower-layer decoding, e.g. "
         '{"method": "dola", "premature_layers": "high"} or '
@@ -113,6 +119,26 @@ class _Common(_Req):
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        """``(logprobs, prompt_logprobs)`` as vLLM takes them."""
+        raise NotImplementedError
+
+    def to_sampling_params(self, max_tokens: int, contract: RequestContract, n: int | None = None,
+                           seed: int | None = None) -> Any:
+        """vLLM ``SamplingParams`` of one engine request of this request (``n`` choices, ``seed``:
+        default the request's own), streaming deltas; raises vLLM's ``ValueError`` on bad values."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        logprobs, prompt_logprobs = self.logprob_counts()
+        return SamplingParams(
+            n=self.n if n is None else n, temperature=self.temperature, top_p=self.top_p, max_tokens=max_tokens,
+            stop=self.stop, seed=self.seed if seed is None else seed, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, logprobs=logprobs, prompt_logprobs=prompt_logprobs,
+            ignore_eos=self.ignore_eos, min_tokens=self.min_tokens, extra_args=contract.extra_args(),
+            output_kind=RequestOutputKind.DELTA,
+        )
 
 
 class CompletionRequest(_Common):
@@ -133,6 +159,15 @@ class CompletionRequest(_Common):
     prompt: Text | Annotated[list[Text], Field(min_length=1)] | TokenIds | Annotated[list[TokenIds], Field(min_length=1)]
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        # legacy scoring (echo + logprobs): logprobs of the prompt tokens too
+        return self.logprobs, self.logprobs if self.echo and self.logprobs is not None else None
+
+    @property
+    def echo_scoring(self) -> bool:
+        """Echo with logprobs: the prompt tokens' logprobs are part of the answer."""
+        return self.echo and self.logprobs is not None
 
 
 class ChatCompletionRequest(_Common):
@@ -163,6 +198,9 @@ class ChatCompletionRequest(_Common):
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs: true")
         return self
+
+    def logprob_counts(self) -> tuple[int | None, int | None]:
+        return ((self.top_logprobs or 0) if self.logprobs else None), None
 
 
 class ProbeScoreRequest(_Req):

@@ -19,17 +19,17 @@ from typing import Any
 from server.errors import APIError, bad_request
 from server.probing import select_probes
 from server.protocol import ProbeScoreRequest
-from server.serving import Prepared, Serving
+from server.serving import Serving, TokenizedPrompt
 from steering.bundle import ProbeFrame
-from steering.spec import EXTRA_ARGS_KEY
+from steering.request import ProbeRequest, build
 
-Job = tuple[int, ProbeFrame | None, Prepared]  # (text index, frame, the prompt to prefill)
+Job = tuple[int, ProbeFrame | None, TokenizedPrompt]  # (text index, frame, the prompt to prefill)
 
 
 def _prepare(serving: Serving, req: ProbeScoreRequest, texts: list[str], salt: str | None,
-             frames: dict[ProbeFrame | None, list[str]]) -> tuple[list[Prepared], list[Job]]:
+             frames: dict[ProbeFrame | None, list[str]]) -> tuple[list[TokenizedPrompt], list[Job]]:
     """Tokenise the texts (and their framings): CPU work, run off the event loop."""
-    raw: list[Prepared] = []
+    raw: list[TokenizedPrompt] = []
     for i, t in enumerate(texts):
         (p,) = serving.tokenize([t], f"input[{i}]" if not isinstance(req.input, str) else "input", salt)
         raw.append(p)
@@ -73,7 +73,7 @@ async def score_texts(serving: Serving, req: ProbeScoreRequest) -> dict[str, Any
 
     async def run(j: int) -> Any:
         params = SamplingParams(max_tokens=1, temperature=0.0, output_kind=RequestOutputKind.FINAL_ONLY,
-                                extra_args={EXTRA_ARGS_KEY: {"probes": {"id": ids[j], "prompt": mean}}})
+                                extra_args=build(probes=ProbeRequest(ids[j], prompt=mean)).extra_args())
         try:
             async for out in serving.engine.generate(jobs[j][2].prompt, params, ids[j]):
                 yield out

@@ -8,6 +8,7 @@ OpenAI response objects lives in ``completions.py`` and ``formatting.py``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -24,12 +25,19 @@ from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
 from server.steering_state import ResolvedSteering, SteeringState
-from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding, parse_decoding, resolve_decoding
-from steering.decoding_spec import WIRE_KEY as DECODING_KEY
+from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding
 from steering.engine import PreparedEngine, prepare
 from steering.inline import InlineLimits
-from steering.llm import check_prompt_contrast
-from steering.spec import EXTRA_ARGS_KEY, Limits, ResolvedOp, cache_salt, wire
+from steering.request import (
+    ModelFacts,
+    ProbeRequest,
+    RequestContract,
+    build,
+    check_prompt_contrast,
+    resolve_request_decoding,
+    tie_word_embeddings,
+)
+from steering.spec import Limits, ResolvedOp
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSink
 
 log = logging.getLogger(__name__)
@@ -40,8 +48,8 @@ T = TypeVar("T")
 
 
 @dataclass
-class Prepared:
-    """One prompt ready for the engine."""
+class TokenizedPrompt:
+    """One prompt ready for the engine: vLLM's prompt dict (token ids, cache salt) and its length."""
 
     prompt: dict[str, Any]
     n_prompt: int
@@ -51,7 +59,7 @@ class Prepared:
 class Job:
     """One engine request: a prompt with its sampling parameters; its choices start at ``base``."""
 
-    prepared: Prepared
+    prompt: TokenizedPrompt
     params: Any
     request_id: str
     base: int
@@ -76,6 +84,8 @@ class Piece:
 
 @dataclass
 class Plan:
+    """A validated API request as engine jobs, with what its response needs."""
+
     jobs: list[Job]
     ops: list[ResolvedOp]
     probes: list[str]  # shown in the response
@@ -173,35 +183,10 @@ class Serving:
                            type="not_found_error", param="model", code="model_not_found")
 
     # ------------------------------------------------------------------ request building
-    def sampling(self, req: Req, max_tokens: int, ops: list[ResolvedOp], n: int, seed: int | None,
-                 probe_id: str | None, prompt_scores: bool = False, decoding: ResolvedDecoding | None = None,
-                 vectors: dict[str, Any] | None = None) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        prompt_logprobs = None
-        if isinstance(req, ChatCompletionRequest):
-            logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        else:
-            logprobs = req.logprobs
-            if req.echo and logprobs is not None:  # legacy scoring: logprobs of the prompt tokens too
-                prompt_logprobs = logprobs
-        ext: dict[str, Any] = {}
-        if ops:
-            ext["steering"] = wire(ops)
-        if vectors:  # inline vectors' float32 bytes, for this request only
-            ext["vectors"] = vectors
-        if probe_id:
-            ext["probes"] = {"id": probe_id, "prompt": prompt_scores}
-        if decoding is not None:
-            ext[DECODING_KEY] = decoding.to_wire()
+    def sampling(self, req: Req, max_tokens: int, contract: RequestContract, n: int, seed: int | None) -> Any:
+        """The request's ``SamplingParams`` for one engine request (vLLM's own checks: a 400)."""
         try:
-            return SamplingParams(
-                n=n, temperature=req.temperature, top_p=req.top_p, max_tokens=max_tokens, stop=req.stop, seed=seed,
-                presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty, logprobs=logprobs,
-                prompt_logprobs=prompt_logprobs, ignore_eos=req.ignore_eos, min_tokens=req.min_tokens,
-                extra_args={EXTRA_ARGS_KEY: ext} if ext else None, output_kind=RequestOutputKind.DELTA,
-            )
+            return req.to_sampling_params(max_tokens, contract, n, seed)
         except ValueError as e:  # vLLM's own checks on sampling parameters
             raise bad_request(str(e), None, "invalid_value") from e
 
@@ -216,29 +201,27 @@ class Serving:
         copies = req.n * (1 if isinstance(req, ChatCompletionRequest) else len(_prompt_items(req.prompt)))
         return self.steering.resolve(req.steering, copies), probes
 
-    def resolve_decoding(self, raw: Any) -> ResolvedDecoding | None:
-        """The request's ``decoding`` checked against the model (SpecError names the field); ``None``:
-        plain decoding. Decoding does not change the KV cache, so it needs no cache salt."""
-        if raw is None:
-            return None
-        cfg = resolve_decoding(parse_decoding(raw), self.prepared.info.num_layers,
-                               tie_word_embeddings=self.tie_word_embeddings, bundles=self.prepared.bundles)
-        return cfg if cfg.active else None
-
-    def _check_echo_decoding(self, decoding: ResolvedDecoding) -> None:
-        """``echo`` + ``logprobs`` + ``decoding``: the prompt logprobs are contrasted in the engine
-        (``steering/vllm/prompt_contrast.py``), which needs the prompt capture switched on."""
-        if not self.settings.prompt_contrast:
-            raise bad_request("contrasted prompt logprobs (echo with logprobs under decoding) are disabled on this "
-                              "server (setting prompt_contrast / TRUTHSTEER_PROMPT_CONTRAST); drop echo, logprobs "
-                              "or decoding", "decoding", "prompt_contrast_disabled")
-        check_prompt_contrast(decoding, True)
-
     @property
-    def tie_word_embeddings(self) -> bool:
-        """The HF config's ``tie_word_embeddings`` (moves the start of DoLa's ``"low"`` bucket)."""
-        hf = getattr(getattr(self.engine, "model_config", None), "hf_config", None)
-        return bool(getattr(hf, "tie_word_embeddings", False))
+    def model_facts(self) -> ModelFacts:
+        """What a request's ``decoding`` is checked against (layers, tied embeddings, bundles)."""
+        return ModelFacts(self.prepared.info.num_layers, tie_word_embeddings(getattr(self.engine, "model_config", None)),
+                          self.prepared.bundles)
+
+    def _decoding(self, req: Req) -> ResolvedDecoding | None:
+        """The request's ``decoding`` checked against the model and its use (``None``: plain).
+        Decoding does not change the KV cache, so it needs no cache salt."""
+        decoding = resolve_request_decoding(req.decoding, self.model_facts)
+        if decoding is not None and isinstance(req, CompletionRequest) and req.echo_scoring:
+            # the prompt logprobs are contrasted in the engine (steering/vllm/prompt_contrast.py)
+            if not self.settings.prompt_contrast:
+                raise bad_request("contrasted prompt logprobs (echo with logprobs under decoding) are disabled on "
+                                  "this server (setting prompt_contrast / TRUTHSTEER_PROMPT_CONTRAST); drop echo, "
+                                  "logprobs or decoding", "decoding", "prompt_contrast_disabled")
+            check_prompt_contrast(decoding, True)
+        elif decoding is not None and decoding.echo_scores != ECHO_LOGPROBS:
+            raise bad_request("decoding.echo_scores applies to echo scoring only (completions with echo and "
+                              "logprobs); drop it or ask for echo and logprobs", "decoding.echo_scores", "invalid_value")
+        return decoding
 
     def _budget(self, req: Req, n_prompt: int) -> int:
         limit = self.settings.max_model_len
@@ -255,7 +238,7 @@ class Serving:
                               param, "context_length_exceeded")
         return int(requested)
 
-    def tokenize(self, items: list[str | list[int]], param: str, salt: str | None) -> list[Prepared]:
+    def tokenize(self, items: list[str | list[int]], param: str, salt: str | None) -> list[TokenizedPrompt]:
         vocab = len(self.tokenizer)
         out = []
         for x in items:
@@ -267,10 +250,10 @@ class Serving:
             prompt: dict[str, Any] = {"prompt_token_ids": ids}
             if salt:
                 prompt["cache_salt"] = salt
-            out.append(Prepared(prompt, len(ids)))
+            out.append(TokenizedPrompt(prompt, len(ids)))
         return out
 
-    def _prompts(self, req: Req, salt: str | None) -> list[Prepared]:
+    def _prompts(self, req: Req, salt: str | None) -> list[TokenizedPrompt]:
         if isinstance(req, ChatCompletionRequest):
             messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
                         for m in req.messages]
@@ -282,12 +265,46 @@ class Serving:
     def build(self, req: Req) -> Plan:
         steer, probes = self._validate_common(req)
         ops = steer.ops
-        decoding = self.resolve_decoding(req.decoding)
-        if decoding is not None and isinstance(req, CompletionRequest) and req.echo and req.logprobs is not None:
-            self._check_echo_decoding(decoding)
-        elif decoding is not None and decoding.echo_scores != ECHO_LOGPROBS:
-            raise bad_request("decoding.echo_scores applies to echo scoring only (completions with echo and "
-                              "logprobs); drop it or ask for echo and logprobs", "decoding.echo_scores", "invalid_value")
+        decoding = self._decoding(req)
+        scored = self._scored(req, probes)
+        steer_gated = any(op.gate is not None for op in ops)
+        decode_gated = decoding is not None and decoding.gate is not None
+        gated = steer_gated or decode_gated
+        if gated and self.receiver is None:
+            what, param = ("steering", "steering") if steer_gated else ("decoding", "decoding.gate")
+            raise APIError(503, f"probe-gated {what} needs the probe channel, which is not connected",
+                           type="service_unavailable", param=param, code="probes_unavailable")
+        contract = build(ops, vectors=steer.vectors, decoding=decoding)
+        prompts = self._prompts(req, contract.cache_salt)
+        max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
+        if req.min_tokens > max_tokens:
+            raise bad_request(f"min_tokens={req.min_tokens} is more than the {max_tokens} tokens this request may "
+                              "generate", "min_tokens", "invalid_value")
+        base_id = uuid.uuid4().hex
+        jobs: list[Job] = []
+        for i, p in enumerate(prompts):
+            if not (scored or gated):
+                params = self.sampling(req, max_tokens, contract, req.n, req.seed)
+                jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n, lease=steer.lease))
+                continue
+            # one engine request per choice, so that every choice has its own probe id; seeds as
+            # vLLM derives them for its own n > 1 children (seed + index)
+            for j in range(req.n):
+                pid = f"{base_id}-{i}-{j}"
+                seed = None if req.seed is None else req.seed + j
+                own = dataclasses.replace(contract, probes=ProbeRequest(pid))
+                jobs.append(Job(p, self.sampling(req, max_tokens, own, 1, seed), pid, i * req.n + j, pid, steer.lease))
+        if steer.lease is not None:
+            steer.lease.hold(len(jobs))
+        self._count_request(ops, probes)
+        if steer.default:
+            self.metrics.default_steering_requests.inc()
+        if decoding is not None:
+            self.metrics.decoding_requests.labels(decoding.method).inc()
+        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain, decoding)
+
+    def _scored(self, req: Req, probes: list[str]) -> list[str]:
+        """The probes read from the worker: the requested ones and the abstain probe."""
         scored = list(probes)
         if req.abstain is not None:
             if req.abstain.probe not in self.probes:
@@ -298,41 +315,7 @@ class Serving:
                                type="service_unavailable", param="abstain", code="probes_unavailable")
             if req.abstain.probe not in scored:
                 scored.append(req.abstain.probe)
-        steer_gated = any(op.gate is not None for op in ops)
-        decode_gated = decoding is not None and decoding.gate is not None
-        gated = steer_gated or decode_gated
-        if gated and self.receiver is None:
-            what, param = ("steering", "steering") if steer_gated else ("decoding", "decoding.gate")
-            raise APIError(503, f"probe-gated {what} needs the probe channel, which is not connected",
-                           type="service_unavailable", param=param, code="probes_unavailable")
-        prompts = self._prompts(req, cache_salt(ops))
-        max_tokens = min(self._budget(req, p.n_prompt) for p in prompts)
-        if req.min_tokens > max_tokens:
-            raise bad_request(f"min_tokens={req.min_tokens} is more than the {max_tokens} tokens this request may "
-                              "generate", "min_tokens", "invalid_value")
-        base_id = uuid.uuid4().hex
-        jobs: list[Job] = []
-        for i, p in enumerate(prompts):
-            if not (scored or gated):
-                params = self.sampling(req, max_tokens, ops, req.n, req.seed, None, decoding=decoding,
-                                       vectors=steer.vectors)
-                jobs.append(Job(p, params, f"{base_id}-{i}", i * req.n, lease=steer.lease))
-                continue
-            # one engine request per choice, so that every choice has its own probe id; seeds as
-            # vLLM derives them for its own n > 1 children (seed + index)
-            for j in range(req.n):
-                pid = f"{base_id}-{i}-{j}"
-                seed = None if req.seed is None else req.seed + j
-                jobs.append(Job(p, self.sampling(req, max_tokens, ops, 1, seed, pid, decoding=decoding,
-                                                 vectors=steer.vectors), pid, i * req.n + j, pid, steer.lease))
-        if steer.lease is not None:
-            steer.lease.hold(len(jobs))
-        self._count_request(ops, probes)
-        if steer.default:
-            self.metrics.default_steering_requests.inc()
-        if decoding is not None:
-            self.metrics.decoding_requests.labels(decoding.method).inc()
-        return Plan(jobs, ops, probes, sum(p.n_prompt for p in prompts), scored, req.abstain, decoding)
+        return scored
 
     def _count_request(self, ops: list[ResolvedOp], probes: list[str]) -> None:
         m = self.metrics
@@ -353,9 +336,9 @@ class Serving:
         done: dict[int, int] = {}  # tokens seen per choice
         finished = False
         start = last = time.monotonic()
-        n_prompt = job.prepared.n_prompt
+        n_prompt = job.prompt.n_prompt
         try:
-            async for out in self.engine.generate(job.prepared.prompt, job.params, job.request_id):
+            async for out in self.engine.generate(job.prompt.prompt, job.params, job.request_id):
                 t = time.monotonic()
                 for c in out.outputs:
                     ids = list(c.token_ids)

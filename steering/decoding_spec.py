@@ -17,19 +17,18 @@ decoder layer ``k``, i.e. premature layer ``k + 1``.)
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steering.errors import SpecError
+from steering.errors import DecodingError, SpecError
 from steering.spec import ProbeGate, ResolvedGate, gate_from_wire, resolve_gate
 
 if TYPE_CHECKING:
     from steering.bundle import DirectionBundle
 
-WIRE_KEY = "decoding"
 Method = Literal["dola", "contrast", "none"]
 Bucket = Literal["low", "high"]
 EchoScores = Literal["logprobs", "contrast"]
@@ -159,21 +158,27 @@ class ResolvedDecoding:
 
 
 def parse_decoding(raw: Any, param: str = "decoding") -> DecodingSpec:
-    """Parse user JSON into a :class:`DecodingSpec`; errors name the field (``decoding.alpha``)."""
+    """Parse user JSON into a :class:`DecodingSpec`; errors (:class:`~steering.errors.DecodingError`)
+    name the field (``decoding.alpha``)."""
     try:
         return DecodingSpec.model_validate(raw)
     except ValidationError as e:
-        # A union field reports one error per member; the deepest one is the most specific
-        # (``[1.5]`` is a list with a bad element, not a bad bucket name).
-        errors = e.errors()
-        err = max(errors, key=lambda x: len(x["loc"]))
-        # Union members appear in ``loc`` as type tags (``list[int]``); keep only the user's path.
-        loc = [x for x in err["loc"] if isinstance(x, int) or not any(c in x for c in "[]'")]
-        suffix = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc)
-        msg = err["msg"]
-        if loc == ["premature_layers"]:
-            msg = "premature_layers must be 'low', 'high' or a list of layer indices"
-        raise SpecError(msg, f"{param}{suffix}") from e
+        raise decoding_error(e.errors(), param) from e
+
+
+def decoding_error(errors: Sequence[Mapping[str, Any]], param: str = "decoding") -> DecodingError:
+    """pydantic's errors of a ``decoding`` value (``loc`` relative to it) as one error naming the
+    field; the API's request validation reports a typed ``decoding`` field through this too."""
+    # A union field reports one error per member; the deepest one is the most specific
+    # (``[1.5]`` is a list with a bad element, not a bad bucket name).
+    err = max(errors, key=lambda x: len(x["loc"]))
+    # Union members appear in ``loc`` as type tags (``list[int]``); keep only the user's path.
+    loc = [x for x in err["loc"] if isinstance(x, int) or not any(c in x for c in "[]'")]
+    suffix = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc)
+    msg = str(err["msg"])
+    if loc == ["premature_layers"]:
+        msg = "premature_layers must be 'low', 'high' or a list of layer indices"
+    return DecodingError(msg, f"{param}{suffix}")
 
 
 def bucket_layers(bucket: str, num_layers: int, tie_word_embeddings: bool) -> list[int]:
@@ -205,12 +210,12 @@ def bucket_layers(bucket: str, num_layers: int, tie_word_embeddings: bool) -> li
 
 def _explicit_layers(layers: list[int], num_layers: int, param: str) -> tuple[int, ...]:
     if not layers:
-        raise SpecError("premature_layers must not be empty", param)
+        raise DecodingError("premature_layers must not be empty", param)
     if len(set(layers)) != len(layers):
-        raise SpecError(f"premature_layers {layers} contain duplicates", param)
+        raise DecodingError(f"premature_layers {layers} contain duplicates", param)
     bad = [x for x in layers if not 0 <= x < num_layers]
     if bad:
-        raise SpecError(
+        raise DecodingError(
             f"premature_layers {bad} outside [0, {num_layers}) (0 = embeddings; {num_layers} is the "
             "final layer, which is never premature)",
             param,
@@ -222,13 +227,13 @@ def _weights(raw: list[float] | None, layers: tuple[int, ...], param: str) -> tu
     if raw is None:
         return tuple(1.0 / len(layers) for _ in layers)
     if len(raw) != len(layers):
-        raise SpecError(
+        raise DecodingError(
             f"got {len(raw)} weights for {len(layers)} premature layers {list(layers)}; give one per layer",
             param,
         )
     total = math.fsum(raw)
     if total <= 0:
-        raise SpecError("weights must not all be zero", param)
+        raise DecodingError("weights must not all be zero", param)
     return tuple(w / total for w in raw)
 
 
@@ -244,13 +249,13 @@ def resolve_decoding(
 
     ``tie_word_embeddings`` (the HF config field) moves the start of the ``'low'`` bucket as HF does.
     ``bundles``: the loaded bundles, against which a ``gate``'s probe is checked.
-    Raises :class:`SpecError` naming the field (``decoding.premature_layers``, ``decoding.weights``).
+    Raises :class:`~steering.errors.DecodingError` naming the field (``decoding.premature_layers``, ``decoding.weights``).
     """
     if spec.method == NONE:
         if spec.weights is not None:
-            raise SpecError("weights are only valid with method 'contrast'", f"{param}.weights")
+            raise DecodingError("weights are only valid with method 'contrast'", f"{param}.weights")
         if spec.gate is not None:
-            raise SpecError("a gate needs method 'dola' or 'contrast'", f"{param}.gate")
+            raise DecodingError("a gate needs method 'dola' or 'contrast'", f"{param}.gate")
         return ResolvedDecoding(method=NONE)
     if isinstance(spec.premature_layers, str):
         layers = tuple(bucket_layers(spec.premature_layers, num_layers, tie_word_embeddings))
@@ -260,7 +265,7 @@ def resolve_decoding(
     if spec.method == CONTRAST:
         weights = _weights(spec.weights, layers, f"{param}.weights")
     elif spec.weights is not None:
-        raise SpecError(
+        raise DecodingError(
             "weights are only valid with method 'contrast' (dola picks one layer per step)",
             f"{param}.weights",
         )
@@ -271,6 +276,13 @@ def resolve_decoding(
         alpha=spec.alpha,
         entropy_threshold=spec.entropy_threshold,
         repetition_penalty=1.0 if spec.repetition_penalty is None else spec.repetition_penalty,
-        gate=None if spec.gate is None else resolve_gate(spec.gate, bundles or {}, f"{param}.gate"),
+        gate=None if spec.gate is None else _gate(spec.gate, bundles or {}, f"{param}.gate"),
         echo_scores=spec.echo_scores,
     )
+
+
+def _gate(gate: DecodingGate, bundles: Mapping[str, DirectionBundle], param: str) -> ResolvedGate:
+    try:
+        return resolve_gate(gate, bundles, param)
+    except SpecError as e:
+        raise DecodingError(str(e), e.param) from e

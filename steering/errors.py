@@ -18,6 +18,14 @@ class ModelError(TruthsteerError, ValueError):
 class SpecError(TruthsteerError, ValueError):
     """A per-request steering spec is invalid; ``param`` names the offending field."""
 
+    code = "invalid_steering"  # the API's error code
+
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class DecodingError(SpecError):
+    """A per-request ``decoding`` spec is invalid (the API answers ``invalid_decoding``)."""
+
+    code = "invalid_decoding"

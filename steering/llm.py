@@ -6,7 +6,8 @@
 
 ``steering`` is one spec for every prompt or a list with one spec (or ``None``) per prompt; a spec
 is a list of :class:`~steering.spec.SteeringOp` (or dicts, or ``"truth:+4"`` shorthands). Specs are
-validated here, before anything reaches the engine.
+validated here, before anything reaches the engine, and attached through the request contract the
+server uses too (:mod:`steering.request`: one builder, one set of rules).
 
 ``decoding`` (contrastive lower-layer decoding, see docs/decoding.md) is likewise one spec for
 every prompt or a list with one (or ``None``) per prompt; a spec is a
@@ -19,20 +20,17 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from steering.decoding_spec import WIRE_KEY as DECODING_KEY
-from steering.decoding_spec import DecodingSpec, ResolvedDecoding, parse_decoding, resolve_decoding
+from steering.decoding_spec import DecodingSpec, ResolvedDecoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
-from steering.errors import SpecError
-from steering.spec import (
-    EXTRA_ARGS_KEY,
-    Limits,
-    ResolvedOp,
-    SteeringOp,
-    cache_salt,
-    parse_op,
-    resolve,
-    wire,
+from steering.errors import DecodingError, SpecError
+from steering.request import (
+    ModelFacts,
+    build,
+    check_prompt_contrast,
+    resolve_request_decoding,
+    tie_word_embeddings,
 )
+from steering.spec import Limits, ResolvedOp, SteeringOp, parse_op, resolve
 
 OpLike = SteeringOp | dict[str, Any] | str
 Spec = Sequence[OpLike] | None
@@ -99,20 +97,15 @@ class SteeredLLM:
     def resolve(self, spec: Spec, param: str = "steering") -> list[ResolvedOp]:
         return resolve(to_ops(spec, param), self.prepared.bundles, self.prepared.info.num_layers, self.limits, param)
 
+    @property
+    def model_facts(self) -> ModelFacts:
+        """What a request's ``decoding`` is checked against (layers, tied embeddings, bundles)."""
+        return ModelFacts(self.prepared.info.num_layers, tie_word_embeddings(self.llm.llm_engine.model_config),
+                          self.prepared.bundles)
+
     def resolve_decoding(self, spec: DecodingLike, param: str = "decoding") -> ResolvedDecoding | None:
         """Validate a decoding spec against the model; ``None`` for plain decoding."""
-        if spec is None:
-            return None
-        parsed = spec if isinstance(spec, DecodingSpec) else parse_decoding(spec, param)
-        info = self.prepared.info
-        cfg = resolve_decoding(parsed, info.num_layers, tie_word_embeddings=self.tie_word_embeddings, param=param,
-                               bundles=self.prepared.bundles)
-        return cfg if cfg.active else None
-
-    @property
-    def tie_word_embeddings(self) -> bool:
-        hf = self.llm.llm_engine.model_config.hf_config
-        return bool(getattr(hf, "tie_word_embeddings", False))
+        return resolve_request_decoding(spec, self.model_facts, param)
 
     def build_request(self, prompt: Any, params: Any, spec: Spec, param: str = "steering",
                       decoding: DecodingLike = None, decoding_param: str = "decoding") -> tuple[Any, Any]:
@@ -126,20 +119,10 @@ class SteeredLLM:
             check_prompt_contrast(dec, self.options.prompt_contrast, decoding_param)
         if not ops and dec is None:
             return prompt, params
+        contract = build(ops, decoding=dec)
         p = params.clone()
-        extra = dict(p.extra_args or {})
-        ours = dict(extra.get(EXTRA_ARGS_KEY, {}))
-        if ops:
-            ours["steering"] = wire(ops)
-        if dec is not None:
-            ours[DECODING_KEY] = dec.to_wire()
-        extra[EXTRA_ARGS_KEY] = ours
-        p.extra_args = extra
-        if not ops:
-            return prompt, p
-        prompt_dict = {"prompt": prompt} if isinstance(prompt, str) else dict(prompt)
-        prompt_dict["cache_salt"] = cache_salt(ops)
-        return prompt_dict, p
+        p.extra_args = contract.extra_args(p.extra_args)
+        return contract.salted(prompt), p
 
     def generate(
         self,
@@ -162,18 +145,6 @@ class SteeredLLM:
         return list(self.llm.generate([r[0] for r in reqs], [r[1] for r in reqs], use_tqdm=use_tqdm))
 
 
-def check_prompt_contrast(dec: ResolvedDecoding, enabled: bool, param: str = "decoding") -> None:
-    """Echo scoring (prompt logprobs) under ``decoding``: the contrasted prompt logprobs need the
-    engine's prompt capture, and the repetition penalty (whose per-position history is not
-    implemented for prompt positions) is refused. Raises :class:`SpecError` naming the field."""
-    if not enabled:
-        raise SpecError("contrasted prompt logprobs (prompt_logprobs / echo with logprobs under decoding) are "
-                        "disabled on this engine (prompt_contrast=False)", param)
-    if dec.repetition_penalty != 1.0:
-        raise SpecError("repetition_penalty is not supported with prompt logprobs (echo scoring) under decoding",
-                        f"{param}.repetition_penalty")
-
-
 def _per_prompt(steering: Spec | Sequence[Spec], n: int) -> list[Spec]:
     if steering is None:
         return [None] * n
@@ -190,5 +161,5 @@ def _per_prompt_decoding(decoding: DecodingLike | Sequence[DecodingLike], n: int
         return [decoding] * n
     items = list(decoding)
     if len(items) != n:
-        raise SpecError(f"got {len(items)} decoding specs for {n} prompts", "decoding")
+        raise DecodingError(f"got {len(items)} decoding specs for {n} prompts", "decoding")
     return items

@@ -3,7 +3,8 @@
 Users write a list of :class:`SteeringOp` (direction, op, strength, layers, positions). At the point
 of entry :func:`resolve` checks it against the loaded bundles and turns it into a canonical,
 fully explicit list of :class:`ResolvedOp` (every layer listed, every default filled in). That list
-is what travels in ``SamplingParams.extra_args["truthsteer"]["steering"]`` (plain JSON) and what
+is what travels in ``SamplingParams.extra_args["truthsteer"]["steering"]`` (plain JSON; the keys
+belong to :mod:`steering.request`) and what
 the KV-cache salt is derived from, so two requests share cache blocks only when their steering is
 identical.
 """
@@ -24,7 +25,6 @@ from steering.errors import SpecError
 from steering.inline import INLINE_NAME, InlineVectors
 from steering.ops import ADD, CLAMP
 
-EXTRA_ARGS_KEY = "truthsteer"
 Positions = Literal["all", "prompt", "generated"]
 OpName = Literal["add", "ablate", "clamp"]
 _ONE_SOURCE = "give exactly one of direction / vector"

@@ -8,10 +8,10 @@ rows named by one shared row table. The hooks are installed with the other truth
 before the first (compiling) forward pass; a layer nobody captures this step costs one skipped op
 call on CPU.
 
-Per step, :meth:`ActivationCapture.prepare` finds the requests whose
-``extra_args["truthsteer"]["capture"]`` is ``{"id", "layers", "positions"}`` (absolute prompt
-positions), maps the positions scheduled this step to token rows, and switches on the layers they
-ask for; after the pass, :meth:`collect` files the rows under the request's capture id, position
+Per step, :meth:`ActivationCapture.prepare` finds, in the step's
+:class:`~steering.vllm.step_plan.StepPlan`, the requests whose contract asks for a capture
+(:class:`~steering.request.CaptureRequest`: id, layers, absolute prompt positions), maps the
+positions scheduled this step to token rows, and switches on the layers they ask for; after the pass, :meth:`collect` files the rows under the request's capture id, position
 and layer (chunked prefills arrive over several steps). The API process takes a finished
 request's rows with the worker-extension RPC ``truthsteer_take_activations``.
 
@@ -25,39 +25,18 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from steering.spec import EXTRA_ARGS_KEY
+from steering.request import CaptureRequest
 from steering.vllm.custom_op import all_slots_of
+from steering.vllm.step_plan import StepPlan
 
 log = logging.getLogger(__name__)
-CAPTURE_KEY = "capture"
 MAX_PENDING = 256
-
-
-@dataclass(frozen=True)
-class CaptureSpec:
-    id: str
-    layers: tuple[int, ...]
-    positions: frozenset[int]
-
-    @classmethod
-    def of(cls, extra_args: Any, num_layers: int) -> CaptureSpec | None:
-        """Raises ValueError / KeyError / TypeError on junk (the caller logs it and ignores it)."""
-        extra = extra_args.get(EXTRA_ARGS_KEY) if isinstance(extra_args, dict) else None
-        raw = extra.get(CAPTURE_KEY) if isinstance(extra, dict) else None
-        if raw is None:
-            return None
-        layers = tuple(int(x) for x in raw["layers"])
-        if not layers or any(not 0 <= k < num_layers for k in layers):
-            raise ValueError(f"capture layers {list(layers)} outside [0, {num_layers})")
-        return cls(str(raw["id"]), layers, frozenset(int(p) for p in raw["positions"]))
 
 
 def capture_hook(module: nn.Module, args: Any, output: Any) -> None:
@@ -89,38 +68,23 @@ class ActivationCapture:
             module.register_buffer("_ts_cactive", self.active[i], persistent=False)
             module.register_forward_hook(capture_hook)
         self._rows_np = np.zeros(max_rows, dtype=np.int64)
-        self._specs: dict[str, CaptureSpec | None] = {}
-        self._step: list[tuple[CaptureSpec, int, int]] = []  # (spec, buffer row, position)
+        self._step: list[tuple[CaptureRequest, int, int]] = []  # (request, buffer row, position)
         self._on: set[int] = set()
         self._prev_n = 0
         self._results: OrderedDict[str, dict[int, dict[int, np.ndarray]]] = OrderedDict()
         self.dropped = 0
 
-    def _spec(self, rid: str, state: Any) -> CaptureSpec | None:
-        if rid not in self._specs:
-            params = getattr(state, "sampling_params", None)
-            try:
-                self._specs[rid] = CaptureSpec.of(getattr(params, "extra_args", None), self.num_layers)
-            except (KeyError, TypeError, ValueError) as e:
-                log.warning("truthsteer: ignoring invalid capture of request %s: %s", rid, e)
-                self._specs[rid] = None
-        return self._specs[rid]
-
-    def prepare(self, req_ids: list[str], requests: Mapping[str, Any], qsl: np.ndarray,
-                num_computed: np.ndarray) -> None:
+    def prepare(self, plan: StepPlan) -> None:
         """Point the row table at this step's captured positions and switch their layers on."""
-        for rid in self._specs.keys() - set(req_ids) if self._specs else ():
-            del self._specs[rid]
         self._step = []
         wanted: set[int] = set()
         n = 0
-        for i, rid in enumerate(req_ids):
-            spec = self._spec(rid, requests.get(rid))
+        for span in plan.spans:
+            spec = span.state.contract.capture
             if spec is None:
                 continue
-            s, e, ncomp = int(qsl[i]), int(qsl[i + 1]), int(num_computed[i])
-            for t in range(s, e):
-                pos = ncomp + t - s
+            for t in range(span.start, span.end):
+                pos = span.position + t - span.start
                 if pos not in spec.positions:
                     continue
                 if n >= self.max_rows:

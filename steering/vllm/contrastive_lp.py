@@ -8,13 +8,14 @@ raw float32 logits of every step, greedy or not, before temperature, top-p/top-k
 penalties. Returned ``logprobs`` stay the model's own (vLLM's default ``raw_logprobs`` are taken
 before any logits processor).
 
-Per step, for the rows that the stash marked (a config, sampling this step) and that the entropy
-gate lets through, it computes the premature logits of every (row, layer) pair that is needed in
+Per step, for the rows that the step plan marked (:attr:`HiddenStash.step_configs`: a config,
+sampling this step, its probe gate open) and that the entropy gate lets through, it computes the premature logits of every (row, layer) pair that is needed in
 one batched LM-head call, and hands everything to :func:`steering.contrastive.apply_contrast`,
 so the maths lives in one place. Every other row is left bit for bit as it came.
 
-Per-row state comes from vLLM's ``BatchUpdate``: the config (to check that it matches the
-stash's) and the prompt and live output token lists (for the repetition penalty).
+Per-row state comes from vLLM's ``BatchUpdate``: the prompt and live output token lists (for the
+repetition penalty) of rows whose request carries a ``decoding`` section. The config of a row comes
+from the step plan alone (parsed once per request).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 
 from steering.contrastive import apply_contrast, entropy_gate, log_alpha, log_softmax
 from steering.decoding_spec import CONTRAST, ResolvedDecoding
-from steering.vllm.stash import HiddenStash, parse_decoding_request
+from steering.request import DECODING, asks_for
+from steering.vllm.stash import HiddenStash
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -45,7 +47,8 @@ TokenHeadFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # [q, H] nor
 
 @dataclass
 class RowState:
-    config: ResolvedDecoding
+    """A batch row's token history (what the repetition penalty reads)."""
+
     prompt: list[int]
     output: list[int]  # vLLM's live list: always the tokens generated so far
 
@@ -55,8 +58,6 @@ class RowState:
 
 class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
     def __init__(self, vllm_config: VllmConfig, device: torch.device, is_pin_memory: bool) -> None:
-        hf = getattr(getattr(vllm_config, "model_config", None), "hf_text_config", None)
-        self.num_layers = int(getattr(hf, "num_hidden_layers", 0) or 0)
         self.device = device
         self.rows: dict[int, RowState] = {}
         self.stash: HiddenStash | None = None
@@ -65,7 +66,6 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         self.token_head: TokenHeadFn | None = None
         self.contrasted_rows = 0  # row-steps contrasted so far (for tests and metrics)
         self.sparse_rows = 0  # of which through the sparse path
-        self.mismatches = 0
 
     def attach(self, stash: HiddenStash, norm: NormFn, head: HeadFn, token_head: TokenHeadFn | None = None) -> None:
         """``token_head`` (the LM head on chosen tokens only) enables the sparse path of fixed and
@@ -82,15 +82,10 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
         for index in batch_update.removed:
             self.rows.pop(index, None)
         for index, params, prompt_ids, output_ids in batch_update.added:
-            cfg = None
-            try:
-                cfg = parse_decoding_request(getattr(params, "extra_args", None), self.num_layers or 10**9)
-            except (KeyError, TypeError, ValueError):
-                cfg = None  # the stash logs and counts it; the row decodes plainly
-            if cfg is None:
-                self.rows.pop(index, None)
+            if asks_for(getattr(params, "extra_args", None), DECODING):  # only such rows are ever contrasted
+                self.rows[index] = RowState(list(prompt_ids or []), output_ids)
             else:
-                self.rows[index] = RowState(cfg, list(prompt_ids or []), output_ids)
+                self.rows.pop(index, None)
         for a, b, direction in batch_update.moved:
             ra, rb = self.rows.pop(a, None), self.rows.pop(b, None)
             if ra is not None:
@@ -99,47 +94,41 @@ class ContrastiveLogitsProcessor(LogitsProcessor):  # type: ignore[misc]
                 self.rows[a] = rb
 
     # ------------------------------------------------------------------ the step
-    def _selected(self, logits: torch.Tensor) -> list[int]:
-        """Batch rows to contrast this step: marked by the stash, tracked here, past the gate."""
+    def _selected(self, logits: torch.Tensor) -> dict[int, ResolvedDecoding]:
+        """Batch rows to contrast this step, with their configs: marked by the plan, past the
+        entropy gate."""
         assert self.stash is not None
-        chosen: list[int] = []
-        for r, cfg in enumerate(self.stash.step_configs[: logits.shape[0]]):
-            if cfg is None:
-                continue
-            state = self.rows.get(r)
-            if state is None or state.config != cfg:
-                self.mismatches += 1
-                log.warning("truthsteer: decoding state of batch row %d disagrees with the stash; row left plain", r)
-                continue
-            chosen.append(r)
-        gated = [r for r in chosen if self.rows[r].config.entropy_threshold is not None]
+        chosen = {r: cfg for r, cfg in enumerate(self.stash.step_configs[: logits.shape[0]]) if cfg is not None}
+        gated = [r for r, cfg in chosen.items() if cfg.entropy_threshold is not None]
         if gated:  # skip the LM head for rows the gate holds back (apply_contrast would keep them)
             idx = torch.tensor(gated, dtype=torch.long, device=logits.device)
-            keep = set()
             for r, lp in zip(gated, log_softmax(logits[idx]), strict=True):
-                if bool(entropy_gate(lp[None], self.rows[r].config.entropy_threshold)[0]):
-                    keep.add(r)
-            chosen = [r for r in chosen if r not in gated or r in keep]
+                if not bool(entropy_gate(lp[None], chosen[r].entropy_threshold)[0]):
+                    del chosen[r]
         return chosen
+
+    def _history(self, r: int) -> list[int]:
+        state = self.rows.get(r)
+        return state.history() if state is not None else []
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.rows or self.stash is None or self.norm is None or self.head is None:
-            return logits
+            return logits  # no request in the batch asks for decoding
         chosen = self._selected(logits)
         if not chosen:
             return logits
-        sparse = [r for r in chosen if self.token_head is not None and sparse_ok(self.rows[r].config)]
+        sparse = [r for r, cfg in chosen.items() if self.token_head is not None and sparse_ok(cfg)]
         full = [r for r in chosen if r not in set(sparse)]
         if full:
-            configs = [self.rows[r].config for r in full]
+            configs = [chosen[r] for r in full]
             idx = torch.tensor(full, dtype=torch.long, device=logits.device)
             premature = premature_logits(self.stash, self.norm, self.head, full, configs)
-            new = apply_contrast(logits[idx], premature, configs, [self.rows[r].history() for r in full])
+            new = apply_contrast(logits[idx], premature, configs, [self._history(r) for r in full])
             logits[idx] = new.to(logits.dtype)
         if sparse:
             assert self.token_head is not None
             idx = torch.tensor(sparse, dtype=torch.long, device=logits.device)
-            configs = [self.rows[r].config for r in sparse]
+            configs = [chosen[r] for r in sparse]
             new = sparse_contrast(logits[idx], self.stash, self.norm, self.token_head, sparse, configs)
             logits[idx] = new.to(logits.dtype)
             self.sparse_rows += len(sparse)
@@ -243,9 +232,10 @@ def stats(runner: Any) -> dict[str, Any] | None:
     if proc is None or stash is None:
         return None
     return {"contrasted_rows": proc.contrasted_rows, "sparse_rows": proc.sparse_rows,
-            "sparse_path": proc.token_head is not None, "mismatches": proc.mismatches, "rejected": stash.rejected,
-            "stash_bytes": sum(t.numel() * t.element_size() for t in stash.outs.values()), "prompt_rows": stash.prompt_rows, "prompt_positions": stash.prompt_positions,
-            "prompt_mismatches": stash.prompt_mismatches, "prompt_unsupported": stash.prompt_unsupported}
+            "sparse_path": proc.token_head is not None, "rejected": stash.rejected,
+            "stash_bytes": sum(t.numel() * t.element_size() for t in stash.outs.values()),
+            "prompt_rows": stash.prompt_rows, "prompt_positions": stash.prompt_positions,
+            "prompt_unsupported": stash.prompt_unsupported}
 
 
 def find_processor(runner: Any) -> ContrastiveLogitsProcessor | None:
@@ -285,10 +275,11 @@ def install(runner: Any, prompt_rows: int = 0) -> HiddenStash | None:
     model = runner.get_model()
     layers = find_decoder_layers(model, info.num_layers)
     norm = final_norm(model, layers)
-    runtime = getattr(runner, "truthsteer", None)
-    column = runtime.readout.column if runtime is not None and runtime.readout else None
     stash = HiddenStash(layers, info.hidden_size, int(runner.max_num_reqs), runner.device, runner.model_config.dtype,
-                        prompt_rows, probe_column=column)
+                        prompt_rows)
+    runtime = getattr(runner, "truthsteer", None)
+    if runtime is not None:  # the step plan now accepts requests' decoding
+        runtime.planner.decoding = True
 
     def normed(h: torch.Tensor) -> torch.Tensor:
         out = norm(h)

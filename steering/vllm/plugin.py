@@ -7,9 +7,10 @@ methods, doing nothing unless the engine was built with truthsteer's ``additiona
   install a :class:`~steering.vllm.runtime.SteeringRuntime` on the runner: it hooks every decoder
   layer with the custom op and owns the fixed-shape per-step tables.
 * ``_model_forward`` (vLLM's documented override point, called once per step inside the forward
-  context, outside any compiled region or CUDA graph): refresh the tables from this step's batch
-  before the pass; after it (before vLLM computes the logits and samples), update the probe gates
-  and send the probe rows of the step.
+  context, outside any compiled region or CUDA graph): compute the step's plan
+  (:mod:`steering.vllm.step_plan`) and let the steering tables, the probe read-out, the stash and
+  the capture read it before the pass; after it (before vLLM computes the logits and samples),
+  decide the probe gates and send the probe rows of the step.
 * ``_get_prompt_logprobs_dict``: contrasted prompt logprobs of ``decoding`` requests (echo
   scoring, :mod:`steering.vllm.prompt_contrast`).
 """
@@ -57,24 +58,19 @@ def _wrap_model_forward(fn: Callable[..., Any]) -> Callable[..., Any]:
         runtime = getattr(self, "truthsteer", None)
         if runtime is None:
             return fn(self, *args, **kwargs)
+        plan = runtime.planner.plan(self)  # once per step; every consumer below reads it
+        runtime.prepare_step(plan)
         stash = getattr(self, "truthsteer_stash", None)
-        watch = None
-        if stash is not None:  # first: its decoding gates tell the probe read-out which rows to read
-            ib = self.input_batch
-            n = int(ib.num_reqs)
-            watch = stash.prepare(ib.req_ids[:n], self.requests, self.query_start_loc.np, ib.num_prompt_tokens,
-                                  ib.num_computed_tokens_cpu, getattr(self, "num_prompt_logprobs", None))
-        runtime.prepare_step(self, watch)
+        if stash is not None:
+            stash.prepare(plan)
         cap = getattr(self, "truthsteer_capture", None)
         if cap is not None:
-            ib = self.input_batch
-            cap.prepare(ib.req_ids[:int(ib.num_reqs)], self.requests, self.query_start_loc.np,
-                        ib.num_computed_tokens_cpu)
+            cap.prepare(plan)
         out = fn(self, *args, **kwargs)
         if cap is not None:
             cap.collect()
-        # before sampling: probe-gated decoding decides this step's contrast from this pass's scores
-        runtime.finish_step(stash.decide if stash is not None else None)
+        # before sampling: the gates decide (probe-gated decoding: this step's contrast) and rows are sent
+        runtime.finish_step(plan)
         return out
 
     setattr(_model_forward, _PATCHED, True)

@@ -136,20 +136,13 @@ def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
         stash: HiddenStash | None = getattr(self, "truthsteer_stash", None)
         if stash is None or not stash.prompt_segments:
             return fn(self, hidden_states, num_scheduled_tokens)
-        # what the original is about to compute (it drops finished requests from its bookkeeping)
+        # what the original is about to compute (it drops finished requests from its bookkeeping);
+        # the segments' positions come from the step plan, from the same counts vLLM uses here
         todo: list[tuple[str, PromptSegment, int]] = []
         for rid, seg in stash.prompt_segments.items():
             k = self.num_prompt_logprobs.get(rid)
             req = self.requests.get(rid)
-            n = num_scheduled_tokens.get(rid)
-            if k is None or req is None or n is None or req.prompt_token_ids is None:
-                continue
-            start = int(req.num_computed_tokens)
-            count = min(int(n), len(req.prompt_token_ids) - start - 1)
-            if (start, count) != (seg.start, seg.count):
-                stash.prompt_mismatches += 1
-                log.warning("truthsteer: prompt rows of %s disagree with vLLM's (%s vs %s); plain prompt logprobs",
-                            rid, (seg.start, seg.count), (start, count))
+            if k is None or req is None or rid not in num_scheduled_tokens or req.prompt_token_ids is None:
                 continue
             todo.append((rid, seg, int(k)))
         out = fn(self, hidden_states, num_scheduled_tokens)

@@ -6,17 +6,18 @@ same values and the ranks stay consistent). Nothing here is global: the tables a
 decoder layers themselves, which makes them inputs of the compiled graph, so in-place refreshes
 between steps are seen by compiled code and by CUDA-graph replays alike.
 
-Per step, :meth:`prepare_step` maps each scheduled token to its request (``query_start_loc``),
-looks up that request's resolved plan (from ``SamplingParams.extra_args``, parsed once per
-request), and writes ``(table row, a, b, strength)`` per layer, slot and token into numpy staging
-arrays that are copied to the device in bulk. Layers untouched this step and last step cost nothing.
+Per step, :meth:`prepare_step` reads the step's :class:`~steering.vllm.step_plan.StepPlan` (each
+request's token rows, prompt/generated split, slot entries and gate states; the runtime's
+:attr:`~SteeringRuntime.planner` computes it once per step and parses each request once) and
+writes ``(table row, a, b, strength)`` per layer, slot and token into numpy staging arrays that are
+copied to the device in bulk. Layers untouched this step and last step cost nothing. After the
+pass, :meth:`finish_step` reads the probe rows, lets the plan decide its gates and sends the rows.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,18 +29,16 @@ from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import SpecError
 from steering.model_info import ModelInfo
 from steering.ops import coefficients
-from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
+from steering.request import STEERING, RequestContract
+from steering.spec import ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
 from steering.vllm.dynamic_rows import DynamicRows
-from steering.vllm.gates import GateState
-from steering.vllm.probe_channel import STEERED, ProbeSender
+from steering.vllm.probe_channel import ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
+from steering.vllm.step_plan import POS_CODES, StepPlan, StepPlanner
 
 log = logging.getLogger(__name__)
-
-_POS_ALL, _POS_PROMPT, _POS_GENERATED = 0, 1, 2
-_POS_CODES = {"all": _POS_ALL, "prompt": _POS_PROMPT, "generated": _POS_GENERATED}
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class SlotEntry:
         object.__setattr__(self, "coef", coef)
 
 
-Plan = dict[int, list[SlotEntry]]  # layer -> entries in slot order
+SlotPlan = dict[int, list[SlotEntry]]  # one request's steering: layer -> entries in slot order
 
 
 @dataclass(frozen=True)
@@ -148,12 +147,12 @@ class SteeringRuntime:
         self.coef_np = np.zeros((self.num_layers, self.k, 3, max_tokens), dtype=np.float32)
         self._prev_layers: set[int] = set()
         self._prev_tokens = 0
-        self._plans: dict[str, Plan | None] = {}
-        self._gates: dict[str, list[GateState]] = {}
         self.rejected = 0
         # probes read after steering: their hooks are registered after the steering hooks
         self.readout = ProbeReadout(layers, bundles_list, max_tokens, device)
         self.sender: ProbeSender | None = None
+        # the one per-request cache and per-step plan of this worker (stash and capture read it too)
+        self.planner = StepPlanner(self.num_layers, self, self.readout.column)
 
     # ----------------------------------------------------------------- installation
     @classmethod
@@ -192,25 +191,19 @@ class SteeringRuntime:
     def probe_address(self) -> str | None:
         return self.sender.address if self.sender else None
 
-    # ----------------------------------------------------------------- request plans
-    def plan_for(self, ops: list[ResolvedOp], req_id: str = "") -> Plan:
-        """Turn resolved ops into per-layer slot entries; raises SpecError if they do not fit."""
-        plan: Plan = {}
-        gates: list[ResolvedGate] = []
+    # ----------------------------------------------------------------- request slot plans
+    def plan_for(self, ops: list[ResolvedOp], req_id: str = "") -> SlotPlan:
+        """Turn resolved ops into per-layer slot entries; raises SpecError if they do not fit.
+        (Positions, finite numbers and targets were checked by :func:`steering.request.from_wire`.)"""
+        plan: SlotPlan = {}
+        gates = 0
         for op in ops:
             gate = -1
             if op.gate is not None:
                 if self.readout.column(op.gate.probe) is None:
                     raise SpecError(f"probe {op.gate.probe!r} is not loaded on this worker")
-                gate = len(gates)
-                gates.append(op.gate)
-            pos = _POS_CODES.get(op.positions)
-            if pos is None:
-                raise SpecError(f"unknown positions {op.positions!r}")
-            if not all(math.isfinite(x) for x in (op.strength, *op.targets)):
-                raise SpecError("strength and targets must be finite")
-            if op.targets and len(op.targets) != len(op.layers):
-                raise SpecError("targets must be parallel to layers")
+                gate, gates = gates, gates + 1
+            pos = POS_CODES[op.positions]
             for j, layer in enumerate(op.layers):
                 row, norm = self._row(op, req_id, layer)
                 target = op.targets[j] if op.targets else None
@@ -231,103 +224,50 @@ class SteeringRuntime:
             raise SpecError(f"direction {op.direction!r} has no vector at layer {layer}")
         return row, self.norms[layer][op.direction]
 
-    def _plan(self, req_id: str, state: Any) -> Plan | None:
-        if req_id in self._plans:
-            return self._plans[req_id]
-        plan: Plan | None = None
-        params = getattr(state, "sampling_params", None)
-        extra = (getattr(params, "extra_args", None) or {}).get(EXTRA_ARGS_KEY) if params else None
-        raw = extra.get("steering") if isinstance(extra, dict) else None
-        if raw:
-            try:
-                ops = [ResolvedOp.from_wire(d) for d in raw]
-                vectors = extra.get("vectors") if isinstance(extra, dict) else None
-                if vectors:
-                    self.dynamic.acquire(req_id, vectors)
-                plan = self.plan_for(ops, req_id) or None
-                gated = [op.gate for op in ops if op.gate is not None]
-                if plan and gated:
-                    self._gates[req_id] = [GateState(g) for g in gated]
-            except (SpecError, KeyError, TypeError, ValueError) as e:
-                # Validated at the point of entry; a raw-vLLM caller may still send junk. Never
-                # let it take the engine down: run the request unsteered and count it.
-                self.rejected += 1
-                self.dynamic.release(req_id)
-                log.warning("truthsteer: ignoring invalid steering of request %s: %s", req_id, e)
-        self._plans[req_id] = plan
-        return plan
+    def admit(self, req_id: str, contract: RequestContract) -> SlotPlan:
+        """A new request's slot plan (its inline vectors take reserved rows first); called once
+        per request by :attr:`planner`."""
+        if contract.vectors:
+            self.dynamic.acquire(req_id, contract.vectors)
+        return self.plan_for(list(contract.steering), req_id)
+
+    def release(self, req_id: str) -> None:
+        """The request left the batch (or was refused): free its inline vector rows."""
+        self.dynamic.release(req_id)
 
     # ----------------------------------------------------------------- per step
-    def prepare_step(self, runner: Any, watch: Mapping[str, int] | None = None) -> None:
-        """Fill the tables for this step's batch. ``watch``: more requests whose sampling row the
-        probe read-out must read (decoding gates), with their flag bits known before the pass."""
-        ib = runner.input_batch
-        n = int(ib.num_reqs)
-        req_ids: list[str] = ib.req_ids[:n]
+    def prepare_step(self, plan: StepPlan) -> None:
+        """Fill the tables for this step's batch and choose the probe rows to read."""
+        self.rejected += plan.rejected.get(STEERING, 0)
         touched: dict[int, int] = {}
-        gated: dict[str, int] = dict(watch or {})  # watched request -> flag bits of its sampling row
-        total = 0
-        # forget requests that left the batch, before planning new ones (frees their inline rows)
-        for rid in self._plans.keys() - set(req_ids) if self._plans else ():
-            del self._plans[rid]
-            self._gates.pop(rid, None)
-            self.dynamic.release(rid)
-        if n:
-            qsl = runner.query_start_loc.np
-            total = int(qsl[n])
-            for i, rid in enumerate(req_ids):
-                plan = self._plan(rid, runner.requests.get(rid))
-                if plan is None:
-                    continue
-                s, e = int(qsl[i]), int(qsl[i + 1])
-                if e <= s:
-                    continue
-                # positions s..e-1 hold sequence positions ncomp..; those < num_prompt are prompt
-                n_prompt = int(ib.num_prompt_tokens[i]) - int(ib.num_computed_tokens_cpu[i])
-                split = s + min(max(n_prompt, 0), e - s)
-                gates = self._gates.get(rid)
-                steered_last = False
-                for layer, entries in plan.items():
-                    touched.setdefault(layer, 0)
-                    for k, ent in enumerate(entries):
-                        if ent.gate >= 0 and gates is not None and not gates[ent.gate].open:
-                            continue
-                        lo, hi = (s, e) if ent.positions == _POS_ALL else (
-                            (s, split) if ent.positions == _POS_PROMPT else (split, e)
-                        )
-                        if hi <= lo:
-                            continue
-                        steered_last = steered_last or hi == e
-                        self.idx_np[layer, k, lo:hi] = ent.row
-                        self.coef_np[layer, k, :, lo:hi] = ent.coef
-                        touched[layer] = max(touched[layer], k + 1)
-                if gates is not None:
-                    gated[rid] = gated.get(rid, 0) | (STEERED if steered_last else 0)
-        self._flush(touched, total)
+        for span in plan.spans:
+            st = span.state
+            if st.slots is None or not span.scheduled:
+                continue
+            for layer, entries in st.slots.items():
+                touched.setdefault(layer, 0)
+                for k, ent in enumerate(entries):
+                    if ent.gate >= 0 and not st.steer_gates[ent.gate].open:
+                        continue
+                    lo, hi = span.rows_for(ent.positions)
+                    if hi <= lo:
+                        continue
+                    self.idx_np[layer, k, lo:hi] = ent.row
+                    self.coef_np[layer, k, :, lo:hi] = ent.coef
+                    touched[layer] = max(touched[layer], k + 1)
+        self._flush(touched, plan.total_tokens)
         if self.readout:
-            qsl_np = runner.query_start_loc.np if n else np.zeros(1, dtype=np.int32)
-            self.readout.prepare(req_ids, runner.requests, qsl_np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu,
-                                 gated)
+            self.readout.prepare(plan)
 
-    def finish_step(self, decide: Callable[[Mapping[str, np.ndarray]], Mapping[str, int]] | None = None) -> None:
-        """After the forward pass: update gates from the sampled rows' scores, send probe rows.
-
-        ``decide`` (the decoding gates of :class:`~steering.vllm.stash.HiddenStash`) gets the same
-        scores and returns flag bits for this step's rows (``CONTRASTED``)."""
+    def finish_step(self, plan: StepPlan) -> None:
+        """After the forward pass, before sampling: read the probe rows, let the plan decide its
+        gates from the sampling rows' scores (steering: next step; decoding: this step), send."""
         if not self.readout:
-            if decide is not None:
-                decide({})
+            plan.decide({})
             return
-
-        def on_scores(sampled: dict[str, np.ndarray]) -> Mapping[str, int]:
-            for rid, scores in sampled.items():
-                for g in self._gates.get(rid, ()):
-                    col = self.readout.column(g.spec.probe)
-                    if col is not None:
-                        g.update(float(scores[col]))
-            return decide(sampled) if decide is not None else {}
-
-        msg, _ = self.readout.collect(on_scores)
+        scores = self.readout.read()
+        plan.decide(scores.sampled)
+        msg = self.readout.message(scores, plan.flags)
         if msg is not None and self.sender is not None:
             self.sender.send(msg)
 

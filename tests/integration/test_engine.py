@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from steering.errors import SpecError
-from steering.spec import EXTRA_ARGS_KEY
+from steering.request import EXTRA_ARGS_KEY
 from tests.support.engine_outputs import assert_same_rows, sampling, signature
 from tests.support.reference import last_token_logprobs
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
-from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.decoding_spec import ResolvedDecoding
+from steering.request import DECODING, EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor
 from tests.support.toy import H, L, Req, ToyModel
 
@@ -22,7 +23,7 @@ def decoding_req(rid: str, n_prompt: int, n_computed: int, n_sched: int, cfg: Re
                  steering: list[ResolvedOp] | None = None) -> Req:
     extra: dict[str, Any] = {}
     if cfg is not None:
-        extra[WIRE_KEY] = cfg.to_wire()
+        extra[DECODING] = cfg.to_wire()
     if steering:
         extra["steering"] = wire(steering)
     return Req(rid, n_prompt, n_computed, n_sched, extra={EXTRA_ARGS_KEY: extra} if extra else None)

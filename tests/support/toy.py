@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
+from steering.vllm.step_plan import StepPlanner
 from tests.support.tiny import INFO
 
 H, L = INFO.hidden_size, INFO.num_layers
@@ -70,7 +72,6 @@ def fake_runner(reqs: list[Req]) -> Any:
     return SimpleNamespace(input_batch=ib, query_start_loc=SimpleNamespace(np=qsl), requests=states)
 
 
-def stash_args(runner: Any) -> tuple[Any, ...]:
-    """:meth:`~steering.vllm.stash.HiddenStash.prepare`'s arguments from a fake runner."""
-    ib = runner.input_batch
-    return ib.req_ids, runner.requests, runner.query_start_loc.np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu
+def decoding_planner() -> StepPlanner:
+    """A step planner for a stash without a steering runtime (no probes: gated decoding refused)."""
+    return StepPlanner(L, decoding=True)

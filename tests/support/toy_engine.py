@@ -63,10 +63,9 @@ class ToyEngine:
 
     def step(self, rid: str, ids: list[int], params: Any) -> str:
         req = Req(rid, n_prompt=len(ids), n_computed=0, n_sched=len(ids), extra=params.extra_args)
-        runner = fake_runner([req])
-        self.runtime.prepare_step(runner)
-        self.capture.prepare(runner.input_batch.req_ids, runner.requests, runner.query_start_loc.np,
-                             runner.input_batch.num_computed_tokens_cpu)
+        plan = self.runtime.planner.plan(fake_runner([req]))
+        self.runtime.prepare_step(plan)
+        self.capture.prepare(plan)
         with torch.inference_mode():
             out = self.model(self.embed[ids])
         self.capture.collect()

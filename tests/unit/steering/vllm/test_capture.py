@@ -15,9 +15,11 @@ from server.app import create_app
 from server.serving import Serving
 from server.settings import Settings
 from steering.engine import PreparedEngine
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.capture import ActivationCapture
 from steering.vllm.runtime import SteeringRuntime
+from steering.vllm.step_plan import StepPlanner
 from tests.support.tiny import INFO, make_bundle
 from tests.support.toy import H, L, Req, ToyModel, fake_runner
 from tests.support.toy_engine import ToyEngine, ToyTokenizer
@@ -50,10 +52,9 @@ def test_capture_reads_the_steered_stream_at_chosen_positions_over_chunks_and_mi
         for n_comp, n_sched in ((0, 3), (3, 2)):
             reqs = [Req("b", 2, 0, 2, [ResolvedOp("truth", "add", -2.0, (1, 3), "all")]),
                     Req("a", 5, n_comp, n_sched, extra=extra)]
-            runner = fake_runner(reqs)
-            rt.prepare_step(runner)
-            cap.prepare(runner.input_batch.req_ids, runner.requests, runner.query_start_loc.np,
-                        runner.input_batch.num_computed_tokens_cpu)
+            plan = rt.planner.plan(fake_runner(reqs))
+            rt.prepare_step(plan)
+            cap.prepare(plan)
             got.append(streams(model, torch.cat([other, x[n_comp:n_comp + n_sched]])))
             cap.collect()
         taken = cap.take("c1")
@@ -148,7 +149,5 @@ def test_unused_capture_rows_point_at_token_zero() -> None:
     extra = {EXTRA_ARGS_KEY: {"capture": {"id": "c", "layers": [0], "positions": [0, 1, 2, 3, 4]}}}
     for reqs, expected in (([Req("a", 5, 0, 5, extra=extra)], [0, 1, 2, 3, 4, 0, 0, 0]),
                            ([Req("b", 5, 4, 1, extra=extra)], [0, 0, 0, 0, 0, 0, 0, 0])):
-        runner = fake_runner(reqs)
-        cap.prepare(runner.input_batch.req_ids, runner.requests, runner.query_start_loc.np,
-                    runner.input_batch.num_computed_tokens_cpu)
+        cap.prepare(StepPlanner(L).plan(fake_runner(reqs)))
         assert cap.rows.tolist() == expected

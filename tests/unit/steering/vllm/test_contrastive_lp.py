@@ -13,11 +13,12 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from steering.contrastive import apply_contrast
-from steering.decoding_spec import WIRE_KEY, ResolvedDecoding
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp
+from steering.decoding_spec import ResolvedDecoding
+from steering.request import DECODING, EXTRA_ARGS_KEY, decoding_from_wire, from_wire
+from steering.spec import ResolvedOp
 from steering.vllm.contrastive_lp import premature_logits, sparse_ok
 from steering.vllm.runtime import SteeringRuntime
-from steering.vllm.stash import HiddenStash, parse_decoding_request
+from steering.vllm.stash import HiddenStash
 from tests.support.contrastive_lp import (
     DOLA,
     FakeStash,
@@ -30,7 +31,7 @@ from tests.support.contrastive_lp import (
     toy_streams,
 )
 from tests.support.tiny import make_bundle
-from tests.support.toy import H, L, Req, ToyModel, fake_runner
+from tests.support.toy import H, L, Req, ToyModel, decoding_planner, fake_runner
 
 pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
 
@@ -46,9 +47,7 @@ def _inference() -> Any:
 
 
 def stash_step(stash: HiddenStash, reqs: list[Req]) -> None:
-    r = fake_runner(reqs)
-    ib = r.input_batch
-    stash.prepare(ib.req_ids, r.requests, r.query_start_loc.np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu)
+    stash.prepare(decoding_planner().plan(fake_runner(reqs)))
 
 
 # ---------------------------------------------------------------------------------------- stash op
@@ -65,8 +64,10 @@ def test_stash_copies_the_sampling_rows_of_contrasting_requests_after_steering(o
         decoding_req("d", 2, 5, 1, ResolvedDecoding("contrast", (2,), (1.0,)), steering=add),  # row 8
     ]
     x = torch.randn(9, H, generator=torch.Generator().manual_seed(0))
-    rt.prepare_step(fake_runner(reqs))
-    stash_step(stash, reqs)
+    rt.planner.decoding = True
+    plan = rt.planner.plan(fake_runner(reqs))
+    rt.prepare_step(plan)
+    stash.prepare(plan)
     assert [c is not None for c in stash.step_configs] == [True, False, False, True]
     assert [int(stash.actives[k]) for k in range(L)] == [4, 0, 4, 0]
     model(x)
@@ -115,22 +116,22 @@ def test_stash_in_a_compiled_graph_sees_row_updates() -> None:
 
 
 def test_parse_rejects_junk_and_stash_counts_it() -> None:
-    assert parse_decoding_request({EXTRA_ARGS_KEY: {WIRE_KEY: {"method": "none"}}}, L) is None
-    assert parse_decoding_request(None, L) is None
+    assert decoding_from_wire({"method": "none"}, L) is None
+    assert from_wire(None, L) is None
     for bad in ({"method": "dola", "layers": [L]}, {"method": "dola", "layers": []}, "dola",
                 {"method": "contrast", "layers": [1, 2], "weights": [1.0]}, {"method": "beam", "layers": [1]}):
         with pytest.raises((ValueError, TypeError, KeyError)):
-            parse_decoding_request({EXTRA_ARGS_KEY: {WIRE_KEY: bad}}, L)
+            decoding_from_wire(bad, L)
     model = ToyModel()
     stash = HiddenStash(model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32)
-    junk = Req("j", 2, 0, 2, extra={EXTRA_ARGS_KEY: {WIRE_KEY: {"method": "dola", "layers": [99]}}})
+    junk = Req("j", 2, 0, 2, extra={EXTRA_ARGS_KEY: {DECODING: {"method": "dola", "layers": [99]}}})
     stash_step(stash, [junk])
     assert stash.rejected == 1 and stash.step_configs == [None]
 
 
 # ---------------------------------------------------------------------------------------- processor
 def params(cfg: ResolvedDecoding | None) -> SamplingParams:
-    extra = {EXTRA_ARGS_KEY: {WIRE_KEY: cfg.to_wire()}} if cfg is not None else None
+    extra = {EXTRA_ARGS_KEY: {DECODING: cfg.to_wire()}} if cfg is not None else None
     return SamplingParams(temperature=0.0, extra_args=extra)
 
 
@@ -171,7 +172,7 @@ def test_processor_follows_removes_moves_swaps_and_live_output_lists() -> None:
     # row 0 leaves, row 2 moves to 0, a new plain request takes row 2; then 0 and 1 swap
     lp.update_state(BatchUpdate(2, [0], [], [(2, 0, MoveDirectionality.UNIDIRECTIONAL)]))
     lp.update_state(BatchUpdate(3, [], [(2, params(None), [9], [])], [(0, 1, MoveDirectionality.SWAP)]))
-    assert sorted(lp.rows) == [1] and lp.rows[1].config == FIXED
+    assert sorted(lp.rows) == [1] and lp.rows[1].prompt == [3]  # FIXED's row
     lp.update_state(BatchUpdate(3, [], [(0, params(pen), [5], out_a)], []))
     out_a.extend([4, 6])  # vLLM appends to the live list between steps
     configs: list[ResolvedDecoding | None] = [pen, FIXED, None]
@@ -183,18 +184,18 @@ def test_processor_follows_removes_moves_swaps_and_live_output_lists() -> None:
     assert lp.update_state(None) is None and sorted(lp.rows) == [0, 1]
 
 
-def test_processor_leaves_rows_alone_when_the_stash_disagrees_or_the_gate_holds() -> None:
+def test_processor_leaves_rows_alone_without_a_config_or_when_the_gate_holds() -> None:
     logits, hidden, w, scale = setup_step(3)
     lp = processor()
     gate = ResolvedDecoding("dola", (1, 2), entropy_threshold=50.0)  # above ln V: never contrasts
     lp.update_state(BatchUpdate(3, [], [(0, params(DOLA), [1], []), (1, params(gate), [1], []),
                                         (2, params(None), [1], [])], []))
-    # the stash has no config for row 0 (partial prefill) and a different one for row 2
-    attach(lp, [None, gate, FIXED], hidden, w, scale)
+    # the step plan has no config for row 0 (partial prefill) nor row 2 (plain)
+    attach(lp, [None, gate, None], hidden, w, scale)
     original = logits.clone()
     got = lp.apply(logits)
     assert torch.equal(got, original)
-    assert lp.mismatches == 1 and lp.contrasted_rows == 0
+    assert lp.contrasted_rows == 0
 
 
 def test_premature_logits_compute_only_the_pairs_used_in_one_call() -> None:

@@ -1,6 +1,7 @@
 """Probe-gated contrastive decoding on the vLLM-shaped toy model, in the plugin's step order:
-stash.prepare -> runtime.prepare_step(watch) -> forward -> runtime.finish_step(stash.decide) ->
-logits processor. The gate reads the probe at the decoded position in the same pass."""
+planner.plan -> runtime.prepare_step(plan), stash.prepare(plan) -> forward ->
+runtime.finish_step(plan) (the plan decides its gates) -> logits processor. The gate reads the
+probe at the decoded position in the same pass."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
 from steering.contrastive import apply_contrast
-from steering.decoding_spec import WIRE_KEY, ResolvedDecoding, parse_decoding, resolve_decoding
+from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from steering.errors import SpecError
-from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp, wire
+from steering.request import DECODING, EXTRA_ARGS_KEY
+from steering.spec import ResolvedGate, ResolvedOp, wire
 from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor
 from steering.vllm.probe_channel import CONTRASTED, STEERED, StepMessage
 from steering.vllm.probe_readout import folded_probe
@@ -58,8 +60,8 @@ class Engine:
                                   device=torch.device("cpu"), dtype=torch.float32)
         self.sent = Capture()
         self.rt.sender = self.sent  # type: ignore[assignment]
-        self.stash = HiddenStash(self.model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32,
-                                 probe_column=self.rt.readout.column)
+        self.stash = HiddenStash(self.model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32)
+        self.rt.planner.decoding = True  # what contrastive_lp.install does
         g = torch.Generator().manual_seed(11)
         self.w = torch.randn(V, H, generator=g)
         cfg: Any = type("C", (), {"model_config": type("M", (), {"hf_text_config": type("T", (), {
@@ -78,12 +80,11 @@ class Engine:
                 added.append((i, SamplingParams(extra_args={EXTRA_ARGS_KEY: extra} if extra else None), [1], []))
             self.lp.update_state(BatchUpdate(len(reqs), [], added, []))
             self.added = True
-        ib = runner.input_batch
-        watch = self.stash.prepare(ib.req_ids, runner.requests, runner.query_start_loc.np, ib.num_prompt_tokens,
-                                   ib.num_computed_tokens_cpu)
-        self.rt.prepare_step(runner, watch)
+        plan = self.rt.planner.plan(runner)
+        self.rt.prepare_step(plan)
+        self.stash.prepare(plan)
         out = self.model(x)
-        self.rt.finish_step(self.stash.decide)
+        self.rt.finish_step(plan)
         last = runner.query_start_loc.np[1:] - 1
         logits = out[torch.as_tensor(last, dtype=torch.long)] @ self.w.t()
         before = logits.clone()
@@ -95,7 +96,7 @@ def req(rid: str, t: int, cfg: ResolvedDecoding | None, probes: bool = False,
     """Request ``rid`` at step ``t``: a 3-token prefill, then one token per step."""
     extra: dict[str, Any] = {}
     if cfg is not None:
-        extra[WIRE_KEY] = cfg.to_wire()
+        extra[DECODING] = cfg.to_wire()
     if probes:
         extra["probes"] = {"id": f"id-{rid}"}
     if steering:

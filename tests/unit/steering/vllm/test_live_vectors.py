@@ -13,7 +13,8 @@ import steering.vllm.custom_op  # noqa: F401  (registers torch.ops.truthsteer.st
 from server.steering_state import vector_bytes
 from steering.errors import SpecError
 from steering.inline import InlineLimits, InlineVectors, digest
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, cache_salt, parse_ops, resolve, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, cache_salt, parse_ops, resolve, wire
 from steering.vllm.dynamic_rows import reg_ref
 from steering.vllm.runtime import SteeringRuntime
 from tests.support.tiny import INFO, make_bundle
@@ -39,7 +40,7 @@ def runtime(static: list[Any], max_directions: int = 0, max_inline: int = 0) -> 
 
 
 def run(model: ToyModel, rt: SteeringRuntime, reqs: list[Req], x: torch.Tensor) -> torch.Tensor:
-    rt.prepare_step(fake_runner(reqs))
+    rt.prepare_step(rt.planner.plan(fake_runner(reqs)))
     return model(x)
 
 

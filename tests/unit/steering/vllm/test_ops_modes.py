@@ -8,13 +8,14 @@ from typing import Any
 import pytest
 import torch
 
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR
 from steering.vllm.runtime import SteeringRuntime
 from steering.vllm.stash import HiddenStash
 from tests.support.tiny import make_bundle
-from tests.support.toy import H, Req, ToyModel, fake_runner, stash_args
+from tests.support.toy import H, Req, ToyModel, fake_runner
 
 TRUTH, OTHER = make_bundle("truth", seed=3), make_bundle("other", layers=[1, 2, 3], seed=4)
 
@@ -58,6 +59,7 @@ def _step(all_slots: bool, compiled: bool) -> tuple[torch.Tensor, dict[int, torc
     rt = SteeringRuntime(model.layers, [TRUTH, OTHER], hidden_size=H, max_tokens=16, max_ops_per_layer=3,
                          device=torch.device("cpu"), dtype=torch.float32, all_slots=all_slots)
     stash = HiddenStash(model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32)
+    rt.planner.decoding = True
     assert all(getattr(m, ALL_SLOTS_ATTR) is all_slots for m in model.layers)
     ops = [ResolvedOp("truth", "add", 3.0, (1, 2), "all"), ResolvedOp("other", "ablate", 1.0, (2,), "generated"),
            ResolvedOp("truth", "clamp", 0.5, (1,), "prompt", (1.5,))]
@@ -68,9 +70,9 @@ def _step(all_slots: bool, compiled: bool) -> tuple[torch.Tensor, dict[int, torc
     g = torch.Generator().manual_seed(1)
     outs = []
     for step in (reqs, reqs[1:2], reqs):  # steered, then idle, then steered again: tables refresh
-        runner = fake_runner(step)
-        stash.prepare(*stash_args(runner))
-        rt.prepare_step(runner)
+        plan = rt.planner.plan(fake_runner(step))
+        stash.prepare(plan)
+        rt.prepare_step(plan)
         outs.append(fn(torch.randn(8 if len(step) == 3 else 1, H, generator=g)))
     probes = {k: v.clone() for k, v in rt.readout.outs.items()}
     return torch.cat(outs), probes, {k: v.clone() for k, v in stash.outs.items()}

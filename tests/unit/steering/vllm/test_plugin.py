@@ -47,8 +47,9 @@ def test_model_forward_prepares_the_step_before_and_sends_probes_after() -> None
     r = cls({})
     order: list[str] = []
     r.truthsteer = SimpleNamespace(  # type: ignore[attr-defined]
-        prepare_step=lambda runner, watch: order.append("prepare"),
-        finish_step=lambda decide: order.append("finish"),
+        planner=SimpleNamespace(plan=lambda runner: "plan"),
+        prepare_step=lambda plan: order.append("prepare"),
+        finish_step=lambda plan: order.append("finish"),
     )
     r.calls = order
     assert r._model_forward(41) == 42 and order == ["prepare", "forward", "finish"]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.probe_channel import ProbeReceiver, ProbeSender, StepMessage
 from steering.vllm.probe_readout import folded_probe
 from steering.vllm.runtime import SteeringRuntime
@@ -84,7 +85,7 @@ def test_sampling_rows_only_prompt_rows_on_request_and_steered_stream_read() -> 
         probed("e", n_prompt=4, n_computed=1, n_sched=3, prompt=True),  # prompt scores, then samples
     ]
     xs = [torch.randn(r.n_sched, H, generator=g) for r in reqs]
-    rt.prepare_step(fake_runner(reqs))
+    rt.prepare_step(rt.planner.plan(fake_runner(reqs)))
     model(torch.cat(xs))
     msg, sampled = rt.readout.collect()
     assert msg is not None and msg.names == ["truth", "syc"] and sampled == {}
@@ -104,21 +105,21 @@ def test_op_is_off_without_probe_requests_and_results_are_unchanged() -> None:
     model, rt = setup()
     x = torch.randn(3, H)
     base = ToyModel()(x)
-    rt.prepare_step(fake_runner([Req("p", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p", 3, 0, 3)])))
     assert all(int(a.item()) == 0 for a in rt.readout.actives.values())
     assert torch.equal(model(x), base)
-    rt.prepare_step(fake_runner([probed("q", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([probed("q", 3, 0, 3)])))
     assert all(int(a.item()) == 1 for a in rt.readout.actives.values())
     assert torch.equal(model(x), base)  # reading probes never changes the forward pass
-    rt.prepare_step(fake_runner([Req("p", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p", 3, 0, 3)])))
     assert all(int(a.item()) == 0 for a in rt.readout.actives.values())
-    assert "q" not in rt.readout._requests
+    assert "q" not in rt.planner.requests
 
 
 @pytest.mark.parametrize("extra", [{"probes": "truth"}, {"probes": {"id": 5}}, {"probes": {"id": ""}}, {"probes": []}])
 def test_junk_probe_args_are_ignored(extra: dict[str, Any]) -> None:
     model, rt = setup()
-    rt.prepare_step(fake_runner([Req("j", 2, 0, 2, extra={EXTRA_ARGS_KEY: extra})]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("j", 2, 0, 2, extra={EXTRA_ARGS_KEY: extra})])))
     model(torch.randn(2, H))
     assert rt.readout.collect() == (None, {})
 
@@ -127,9 +128,9 @@ def test_compiled_graph_writes_probe_logits() -> None:
     model, rt = setup()
     compiled = torch.compile(model, backend="inductor", dynamic=True, fullgraph=True)
     x = torch.randn(4, H)
-    rt.prepare_step(fake_runner([Req("p", 4, 0, 4)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p", 4, 0, 4)])))
     compiled(x)
-    rt.prepare_step(fake_runner([probed("a", 4, 0, 4, ADD, prompt=True)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([probed("a", 4, 0, 4, ADD, prompt=True)])))
     compiled(x)
     msg, _ = rt.readout.collect()
     assert msg is not None
@@ -213,9 +214,10 @@ def decode_steps(model: ToyModel, rt: SteeringRuntime, ops: list[ResolvedOp] | N
         req = Req(rid, 3, n_computed, x.shape[0], ops)
         reqs = [req, Req("other-" + rid, 9, 9 + t, 1)] if others else [req]
         batch = torch.cat([x, torch.randn(1, H)]) if others else x
-        rt.prepare_step(fake_runner(reqs))
+        plan = rt.planner.plan(fake_runner(reqs))
+        rt.prepare_step(plan)
         outs.append(model(batch)[: x.shape[0]])
-        rt.finish_step()
+        rt.finish_step(plan)
     return outs
 
 
@@ -248,7 +250,7 @@ def test_gates_follow_their_own_requests_scores() -> None:
     model, rt = setup()
     truth_scores = []
     for t, x in enumerate(xs):  # record the unsteered truth scores of the sampling rows
-        rt.prepare_step(fake_runner([probed("s", 3, 0 if t == 0 else 2 + t, x.shape[0])]))
+        rt.prepare_step(rt.planner.plan(fake_runner([probed("s", 3, 0 if t == 0 else 2 + t, x.shape[0])])))
         model(x)
         msg, _ = rt.readout.collect()
         assert msg is not None

@@ -30,7 +30,7 @@ from tests.support.contrastive_lp import (
     setup_step,
     toy_streams,
 )
-from tests.support.toy import H, L, Req, ToyModel, fake_runner
+from tests.support.toy import H, L, Req, ToyModel, decoding_planner, fake_runner
 
 pytestmark = pytest.mark.usefixtures("ops_mode")  # both modes of the ops (tests/unit/conftest.py)
 
@@ -49,9 +49,8 @@ def _inference() -> Any:
 
 def prepare(stash: HiddenStash, reqs: list[Req], echo: set[str]) -> None:
     r = fake_runner(reqs)
-    ib = r.input_batch
-    stash.prepare(ib.req_ids, r.requests, r.query_start_loc.np, ib.num_prompt_tokens, ib.num_computed_tokens_cpu,
-                  {rid: 1 for rid in echo})
+    r.num_prompt_logprobs = {rid: 1 for rid in echo}
+    stash.prepare(decoding_planner().plan(r))
 
 
 # ---------------------------------------------------------------------------------------- stash rows
@@ -253,7 +252,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
             assert all(a is b is None or torch.equal(a, b) for a, b in zip(out["plain"], plain_out["plain"], strict=True))
         for rid, n, _ in sched:
             runner.requests[rid].num_computed_tokens += n
-    assert sorted(results) == ["dola", "plain"] and stash.prompt_mismatches == 0 and stash.prompt_positions == 8
+    assert sorted(results) == ["dola", "plain"] and stash.prompt_positions == 8
     got = results["dola"]
     # reference: every dola position t (token rows 0..3 then 9..13 of x) over the whole prompt
     token_rows = [0, 1, 2, 3, 9, 10, 11, 12]
@@ -276,7 +275,7 @@ def test_wrapper_overwrites_each_chunk_with_the_contrast_and_leaves_plain_echo_a
 
 def test_offline_echo_scoring_checks_name_the_field() -> None:
     from steering.errors import SpecError
-    from steering.llm import check_prompt_contrast
+    from steering.request import check_prompt_contrast
 
     check_prompt_contrast(DOLA, True)
     with pytest.raises(SpecError) as e:

@@ -10,7 +10,8 @@ import torch
 
 import steering.vllm.custom_op  # noqa: F401  (registers torch.ops.truthsteer.steer)
 from steering import ops
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.runtime import SteeringRuntime
 from tests.support.tiny import make_bundle
 from tests.support.toy import H, Req, ToyModel, fake_runner
@@ -36,7 +37,7 @@ def setup() -> tuple[ToyModel, SteeringRuntime]:
 
 
 def run(model: ToyModel, rt: SteeringRuntime, reqs: list[Req], x: torch.Tensor) -> torch.Tensor:
-    rt.prepare_step(fake_runner(reqs))
+    rt.prepare_step(rt.planner.plan(fake_runner(reqs)))
     return model(x)
 
 
@@ -103,7 +104,7 @@ def test_tables_are_cleared_when_steered_requests_leave() -> None:
     assert all(int(b.active.item()) == 0 for b in rt.buffers.values())
     assert all(int(b.idx.abs().sum()) == 0 for b in rt.buffers.values())
     assert torch.equal(out, ToyModel()(x))
-    assert "a" not in rt._plans  # plan cache follows the batch
+    assert "a" not in rt.planner.requests  # the request cache follows the batch
 
 
 def test_strength_zero_and_add_subtract_identities() -> None:
@@ -148,12 +149,12 @@ def test_compiled_graph_sees_table_updates() -> None:
     compiled = torch.compile(model, backend="inductor", dynamic=True, fullgraph=True)
     x = torch.randn(3, H)
     base = ToyModel()(x)
-    rt.prepare_step(fake_runner([Req("p", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p", 3, 0, 3)])))
     first = compiled(x)
     torch.testing.assert_close(first, base, rtol=1e-6, atol=1e-6)
-    rt.prepare_step(fake_runner([Req("s", 3, 0, 3, ADD)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("s", 3, 0, 3, ADD)])))
     steered = compiled(x)
     torch.testing.assert_close(steered, reference(x, ADD, np.arange(3), 3), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(steered, base, atol=1e-2)
-    rt.prepare_step(fake_runner([Req("p2", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p2", 3, 0, 3)])))
     assert torch.equal(compiled(x), first)  # same compiled graph, tables back to zero: bit-identical
