@@ -10,6 +10,10 @@ Per step, :meth:`prepare_step` maps each scheduled token to its request (``query
 looks up that request's resolved plan (from ``SamplingParams.extra_args``, parsed once per
 request), and writes ``(table row, a, b, strength)`` per layer, slot and token into numpy staging
 arrays that are copied to the device in bulk. Layers untouched this step and last step cost nothing.
+
+Head-level steering (site ``attn_heads``, :mod:`steering.vllm.heads`) uses the same machinery on
+more tables: a plan's keys are table keys, ``layer`` for the residual site and ``num_layers +
+layer`` for the heads of that layer (``o_proj``'s input).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from torch import nn
 
 from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import SpecError
+from steering.heads import ATTN_HEADS, SITES
 from steering.model_info import ModelInfo
 from steering.ops import coefficients
 from steering.spec import EXTRA_ARGS_KEY, ResolvedGate, ResolvedOp
@@ -33,6 +38,7 @@ from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
 from steering.vllm.dynamic_rows import DynamicRows
 from steering.vllm.gates import GateState
+from steering.vllm.heads import HeadSite
 from steering.vllm.probe_channel import STEERED, ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
 
@@ -57,7 +63,7 @@ class SlotEntry:
         object.__setattr__(self, "coef", coef)
 
 
-Plan = dict[int, list[SlotEntry]]  # layer -> entries in slot order
+Plan = dict[int, list[SlotEntry]]  # table key (layer; num_layers + layer for heads) -> entries in slot order
 
 
 @dataclass(frozen=True)
@@ -144,8 +150,13 @@ class SteeringRuntime:
         self.dynamic = DynamicRows({i: b.table for i, b in self.buffers.items()},
                                    {i: 1 + len(per_layer[i]) for i in self.buffers}, max_directions, max_inline,
                                    hidden_size)
-        self.idx_np = np.zeros((self.num_layers, self.k, max_tokens), dtype=np.int64)
-        self.coef_np = np.zeros((self.num_layers, self.k, 3, max_tokens), dtype=np.float32)
+        # head vectors (site attn_heads): more tables, keyed num_layers + layer
+        self.heads = HeadSite(layers, bundles_list, self.k, max_tokens, device, dtype, all_slots)
+        for i, hb in self.heads.buffers.items():
+            self.buffers[self.num_layers + i] = LayerBuffers(**hb)
+        keys = self.num_layers * (2 if self.heads else 1)
+        self.idx_np = np.zeros((keys, self.k, max_tokens), dtype=np.int64)
+        self.coef_np = np.zeros((keys, self.k, 3, max_tokens), dtype=np.float32)
         self._prev_layers: set[int] = set()
         self._prev_tokens = 0
         self._plans: dict[str, Plan | None] = {}
@@ -207,15 +218,18 @@ class SteeringRuntime:
             pos = _POS_CODES.get(op.positions)
             if pos is None:
                 raise SpecError(f"unknown positions {op.positions!r}")
+            if op.site not in SITES:
+                raise SpecError(f"unknown site {op.site!r}")
             if not all(math.isfinite(x) for x in (op.strength, *op.targets)):
                 raise SpecError("strength and targets must be finite")
             if op.targets and len(op.targets) != len(op.layers):
                 raise SpecError("targets must be parallel to layers")
+            heads = op.site == ATTN_HEADS
             for j, layer in enumerate(op.layers):
-                row, norm = self._row(op, req_id, layer)
+                row, norm = self.heads.row(op.direction, op.op, layer) if heads else self._row(op, req_id, layer)
                 target = op.targets[j] if op.targets else None
                 a, b = coefficients(op.op, norm, target)
-                entries = plan.setdefault(layer, [])
+                entries = plan.setdefault(self.num_layers + layer if heads else layer, [])
                 if len(entries) >= self.k:
                     raise SpecError(f"more than {self.k} operations on layer {layer}")
                 entries.append(SlotEntry(row, a, b, op.strength, pos, gate))
