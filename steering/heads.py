@@ -124,7 +124,7 @@ class HeadGeometry:
 
 
 def head_layers(op: str, inline: bool, requested: list[int] | None, heads: HeadMeta | None, name: str, ref: str,
-                p: str) -> tuple[tuple[int, ...], float]:
+                num_layers: int, p: str) -> tuple[tuple[int, ...], float]:
     """Layers and default strength of an ``attn_heads`` steering op ``p`` (``steering[i]``) on the
     bundle ``name``; :class:`SpecError` naming the field to change for what this site cannot do."""
     if op != "add":
@@ -142,6 +142,9 @@ def head_layers(op: str, inline: bool, requested: list[int] | None, heads: HeadM
         return tuple(steered), heads.recommended_strength
     if not requested or len(set(requested)) != len(requested):
         raise SpecError("layers must be a non-empty list without duplicates", f"{p}.layers")
+    outside = [x for x in requested if not 0 <= x < num_layers]
+    if outside:
+        raise SpecError(f"layers {outside} outside the model's [0, {num_layers})", f"{p}.layers")
     missing = [x for x in requested if x not in heads.layers]
     if missing:
         raise SpecError(f"direction '{name}' has no head vectors at layers {missing} (its heads are at {steered})",

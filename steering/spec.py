@@ -273,7 +273,7 @@ def resolve(
         bundle, name, ref = _source(op, bundles, refs or {}, inline, p)
         if op.site == ATTN_HEADS:
             layers, default = head_layers(op.op, op.vector is not None, _requested(op), bundle.meta.heads,
-                                          bundle.name, ref, p)
+                                          bundle.name, ref, num_layers, p)
         else:
             if not bundle.meta.layers:
                 raise SpecError(f"direction '{bundle.name}' has attention-head vectors only; use site 'attn_heads'",
