@@ -32,7 +32,8 @@ from torch import nn
 from steering.bundle import DirectionBundle
 from steering.errors import SpecError
 from steering.heads import HeadGeometry
-from steering.vllm.custom_op import ALL_SLOTS_ATTR, all_slots_of
+from steering.vllm import custom_op
+from steering.vllm.custom_op import ALL_SLOTS_ATTR
 
 
 def find_o_proj(layer: nn.Module) -> nn.Module | None:
@@ -59,7 +60,7 @@ def head_pre_hook(module: nn.Module, args: Any) -> Any:
     x = args[0]
     flat = x.reshape(-1, x.shape[-1])
     steered = torch.ops.truthsteer.steer(flat, module._ts_hzero, module._ts_table, module._ts_idx, module._ts_coef,
-                                         module._ts_active, all_slots_of(module))
+                                         module._ts_active, custom_op.all_slots_of(module))
     return (steered.reshape(x.shape), *args[1:])
 
 
