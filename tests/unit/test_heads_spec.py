@@ -145,3 +145,15 @@ def test_http_head_steering_travels_to_the_engine_and_errors_are_openai_shaped(c
     assert schema["properties"]["site"]["enum"] == ["residual", "attn_heads"]
     card = client.get("/v1/directions").json()["data"][0]
     assert card["heads"]["selected"] == [[2, 1]] and card["heads"]["num_heads"] == 2
+
+
+def test_the_live_registry_refuses_head_bundles(tmp_path: Path) -> None:
+    import base64
+
+    from server.directions_api import DirectionPush, decode_upload
+    from server.errors import APIError
+
+    data = base64.b64encode(save_bundle(BOTH, tmp_path / "b.safetensors").read_bytes()).decode()
+    with pytest.raises(APIError, match="loaded at start-up only") as e:
+        decode_upload(DirectionPush(data=data), INFO, False)
+    assert e.value.param == "data"
