@@ -123,15 +123,13 @@ class HeadGeometry:
         return heads[lo:lo + self.local_heads].reshape(-1)
 
 
-def head_layers(op: str, inline: bool, requested: list[int] | None, heads: HeadMeta | None, name: str, ref: str,
+def head_layers(op: str, requested: list[int] | None, heads: HeadMeta | None, name: str, ref: str,
                 num_layers: int, p: str) -> tuple[tuple[int, ...], float]:
     """Layers and default strength of an ``attn_heads`` steering op ``p`` (``steering[i]``) on the
-    bundle ``name``; :class:`SpecError` naming the field to change for what this site cannot do."""
+    bundle ``name`` (``ref``: its live-registry reference, if any); :class:`SpecError` naming the
+    field to change for what this site cannot do."""
     if op != "add":
         raise SpecError(f"op '{op}' is not supported on site 'attn_heads' (only 'add')", f"{p}.op")
-    if inline:
-        raise SpecError("inline vectors steer the residual stream only; site 'attn_heads' needs a bundle with "
-                        "head vectors", f"{p}.site")
     if heads is None:
         raise SpecError(f"direction '{name}' has no attention-head vectors", f"{p}.site")
     if ref:

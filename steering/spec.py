@@ -272,8 +272,8 @@ def resolve(
         p = f"{param}[{i}]"
         bundle, name, ref = _source(op, bundles, refs or {}, inline, p)
         if op.site == ATTN_HEADS:
-            layers, default = head_layers(op.op, op.vector is not None, _requested(op), bundle.meta.heads,
-                                          bundle.name, ref, num_layers, p)
+            layers, default = head_layers(op.op, _requested(op), bundle.meta.heads, bundle.name,
+                                          "" if op.vector is not None else ref, num_layers, p)
         else:
             if not bundle.meta.layers:
                 raise SpecError(f"direction '{bundle.name}' has attention-head vectors only; use site 'attn_heads'",
@@ -315,7 +315,7 @@ def _source(op: SteeringOp, bundles: Mapping[str, DirectionBundle], refs: Mappin
     if op.vector is not None:
         if inline is None:
             raise SpecError("inline vectors are not accepted here", f"{p}.vector")
-        bundle, ref = inline.add(op.vector, op.vector_dtype, _requested(op), f"{p}.vector")
+        bundle, ref = inline.add(op.vector, op.vector_dtype, _requested(op), f"{p}.vector", op.site)
         return bundle, INLINE_NAME, ref
     name = op.direction or ""
     found = bundles.get(name)

@@ -17,23 +17,30 @@ Invariants:
   ``strength * v``. Only ``add`` is planned here (a projection would need every rank's shard).
 * The op's ``residual`` input is a fixed ``[1, 1]`` zero buffer (broadcast), so the hook allocates
   nothing per step; rows nobody steers get an exact ``+0``.
+* With at least one head bundle, requests' inline head vectors (payload entries with ``"site": "attn_heads"``) fill ``max_inline``
+  rows reserved after the bundles' in every head table (:class:`HeadRows`, the inline half of
+  :class:`~steering.vllm.dynamic_rows.DynamicRows` with this sharding), the same vector steering
+  bit-identically whether inline or from a bundle.
 * The hook reshapes the input to ``[tokens, width]`` and back (vLLM passes ``[tokens, width]``,
   HF ``[batch, seq, width]``); nothing in it depends on data, so torch.compile traces it once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from steering.bundle import DirectionBundle
 from steering.errors import SpecError
-from steering.heads import HeadGeometry
+from steering.heads import ATTN_HEADS, HeadGeometry
+from steering.spec import ResolvedOp
 from steering.vllm import custom_op
 from steering.vllm.custom_op import ALL_SLOTS_ATTR
+from steering.vllm.dynamic_rows import DynamicRows, unit_and_norm
 
 
 def find_o_proj(layer: nn.Module) -> nn.Module | None:
@@ -64,11 +71,43 @@ def head_pre_hook(module: nn.Module, args: Any) -> Any:
     return (steered.reshape(x.shape), *args[1:])
 
 
+class HeadRows(DynamicRows):
+    """Inline head vectors: rows written as this rank's shard of the unit vector, full norm kept."""
+
+    def __init__(self, tables: Mapping[int, torch.Tensor], base: Mapping[int, int], max_inline: int,
+                 geometry: Mapping[int, HeadGeometry]) -> None:
+        g = next(iter(geometry.values()), HeadGeometry(1, 1))
+        super().__init__(tables, base, 0, max_inline, g.num_heads * g.head_dim)
+        self.geometry = dict(geometry)
+
+    def _write(self, offset: int, vectors: Mapping[int, np.ndarray]) -> dict[int, float]:
+        norms: dict[int, float] = {}
+        for layer, table in self.tables.items():
+            row = self.base[layer] + offset
+            v = vectors.get(layer)
+            if v is None:
+                table[row].zero_()
+                continue
+            unit, norm = unit_and_norm(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
+            table[row].copy_(self.geometry[layer].shard(unit).to(table.dtype))
+            norms[layer] = norm
+        return norms
+
+
+def split_payload(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A request's inline payload as (residual entries, head entries)."""
+    heads = {k: v for k, v in vectors.items() if isinstance(v, Mapping) and v.get("site") == ATTN_HEADS}
+    return {k: v for k, v in vectors.items() if k not in heads}, heads
+
+
 class HeadSite:
     """Head vector tables of one worker: ``rows[layer][bundle]`` and the full vectors' norms."""
 
     def __init__(self, layers: nn.ModuleList, bundles: Iterable[DirectionBundle], max_ops_per_layer: int,
-                 max_tokens: int, device: torch.device, dtype: torch.dtype, all_slots: bool = False) -> None:
+                 max_tokens: int, device: torch.device, dtype: torch.dtype, all_slots: bool = False,
+                 max_inline: int = 0) -> None:
+        """With head bundles and ``max_inline``, every layer's ``o_proj`` gets tables (inline head
+        vectors may name any layer); without head bundles nothing is installed."""
         with_heads = [b for b in bundles if b.meta.heads is not None]
         shapes = {(b.meta.heads.num_heads, b.meta.heads.head_dim) for b in with_heads if b.meta.heads is not None}
         if len(shapes) > 1:
@@ -77,42 +116,54 @@ class HeadSite:
         self.norms: dict[int, dict[str, float]] = {}
         self.buffers: dict[int, dict[str, torch.Tensor]] = {}  # layer -> LayerBuffers fields
         self._handles: list[Any] = []
-        if not shapes:
-            return
-        (num_heads, head_dim), = shapes
-        for i, layer in enumerate(layers):
-            mine = [b for b in with_heads if i in b.head_vectors]
-            proj = find_o_proj(layer) if mine else None
-            if proj is None:
-                continue
-            geo = geometry_of(proj, num_heads, head_dim)
-            table = torch.zeros(1 + len(mine), geo.width, dtype=dtype)
-            self.rows[i], self.norms[i] = {}, {}
-            for r, b in enumerate(mine, start=1):
-                full = b.head_vectors[i].reshape(-1).to(torch.float32)
-                norm = torch.linalg.vector_norm(full)
-                table[r] = geo.shard(full / norm if norm > 0 else full).to(dtype)
-                self.rows[i][b.name], self.norms[i][b.name] = r, float(norm)
-            bufs = {
-                "table": table.to(device),
-                "idx": torch.zeros(max_ops_per_layer, max_tokens, dtype=torch.int64, device=device),
-                "coef": torch.zeros(max_ops_per_layer, 3, max_tokens, dtype=torch.float32, device=device),
-                "active": torch.zeros(1, dtype=torch.int32),
-            }
-            for name, t in bufs.items():
-                proj.register_buffer(f"_ts_{name}", t, persistent=False)
-            proj.register_buffer("_ts_hzero", torch.zeros(1, 1, dtype=torch.float32, device=device), persistent=False)
-            setattr(proj, ALL_SLOTS_ATTR, all_slots)
-            self._handles.append(proj.register_forward_pre_hook(head_pre_hook))
-            self.buffers[i] = bufs
+        geometry: dict[int, HeadGeometry] = {}
+        base: dict[int, int] = {}
+        for (num_heads, head_dim) in shapes:  # at most one
+            for i, layer in enumerate(layers):
+                mine = [b for b in with_heads if i in b.head_vectors]
+                proj = find_o_proj(layer) if mine or max_inline else None
+                if proj is None:
+                    continue
+                geometry[i] = geometry_of(proj, num_heads, head_dim)
+                base[i] = 1 + len(mine)
+                self._install(i, proj, mine, geometry[i], max_inline, max_ops_per_layer, max_tokens, device, dtype,
+                              all_slots)
+        self.dynamic = HeadRows({i: b["table"] for i, b in self.buffers.items()}, base, max_inline, geometry)
+
+    def _install(self, i: int, proj: nn.Module, mine: list[DirectionBundle], geo: HeadGeometry, max_inline: int,
+                 max_ops_per_layer: int, max_tokens: int, device: torch.device, dtype: torch.dtype,
+                 all_slots: bool) -> None:
+        """Buffers and pre-hook on one layer's ``o_proj``: rows 1.. the bundles', then inline rows."""
+        table = torch.zeros(1 + len(mine) + max_inline, geo.width, dtype=dtype)
+        self.rows[i], self.norms[i] = {}, {}
+        for r, b in enumerate(mine, start=1):
+            full = b.head_vectors[i].reshape(-1).to(torch.float32)
+            norm = torch.linalg.vector_norm(full)
+            table[r] = geo.shard(full / norm if norm > 0 else full).to(dtype)
+            self.rows[i][b.name], self.norms[i][b.name] = r, float(norm)
+        bufs = {
+            "table": table.to(device),
+            "idx": torch.zeros(max_ops_per_layer, max_tokens, dtype=torch.int64, device=device),
+            "coef": torch.zeros(max_ops_per_layer, 3, max_tokens, dtype=torch.float32, device=device),
+            "active": torch.zeros(1, dtype=torch.int32),
+        }
+        for name, t in bufs.items():
+            proj.register_buffer(f"_ts_{name}", t, persistent=False)
+        proj.register_buffer("_ts_hzero", torch.zeros(1, 1, dtype=torch.float32, device=device), persistent=False)
+        setattr(proj, ALL_SLOTS_ATTR, all_slots)
+        self._handles.append(proj.register_forward_pre_hook(head_pre_hook))
+        self.buffers[i] = bufs
 
     def __bool__(self) -> bool:
         return bool(self.buffers)
 
-    def row(self, direction: str, op: str, layer: int) -> tuple[int, float]:
-        """Table row and full-vector norm of ``direction``'s heads at ``layer``; SpecError otherwise."""
-        if op != "add":
-            raise SpecError(f"op {op!r} is not supported on site 'attn_heads'")
+    def row(self, op: ResolvedOp, req_id: str, layer: int) -> tuple[int, float]:
+        """Table row and full-vector norm of the op's head vector at ``layer``; SpecError otherwise."""
+        if op.op != "add":
+            raise SpecError(f"op {op.op!r} is not supported on site 'attn_heads'")
+        if op.vector:
+            return self.dynamic.row(op.vector, req_id, layer)
+        direction = op.direction
         row = self.rows.get(layer, {}).get(direction)
         if row is None:
             raise SpecError(f"direction {direction!r} has no head vectors at layer {layer} on this worker")

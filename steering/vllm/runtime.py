@@ -38,7 +38,7 @@ from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
 from steering.vllm.dynamic_rows import DynamicRows
 from steering.vllm.gates import GateState
-from steering.vllm.heads import HeadSite
+from steering.vllm.heads import HeadSite, split_payload
 from steering.vllm.probe_channel import STEERED, ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
 
@@ -151,7 +151,7 @@ class SteeringRuntime:
                                    {i: 1 + len(per_layer[i]) for i in self.buffers}, max_directions, max_inline,
                                    hidden_size)
         # head vectors (site attn_heads): more tables, keyed num_layers + layer
-        self.heads = HeadSite(layers, bundles_list, self.k, max_tokens, device, dtype, all_slots)
+        self.heads = HeadSite(layers, bundles_list, self.k, max_tokens, device, dtype, all_slots, max_inline)
         for i, hb in self.heads.buffers.items():
             self.buffers[self.num_layers + i] = LayerBuffers(**hb)
         keys = self.num_layers * (2 if self.heads else 1)
@@ -226,7 +226,7 @@ class SteeringRuntime:
                 raise SpecError("targets must be parallel to layers")
             heads = op.site == ATTN_HEADS
             for j, layer in enumerate(op.layers):
-                row, norm = self.heads.row(op.direction, op.op, layer) if heads else self._row(op, req_id, layer)
+                row, norm = self.heads.row(op, req_id, layer) if heads else self._row(op, req_id, layer)
                 target = op.targets[j] if op.targets else None
                 a, b = coefficients(op.op, norm, target)
                 entries = plan.setdefault(self.num_layers + layer if heads else layer, [])
@@ -257,7 +257,9 @@ class SteeringRuntime:
                 ops = [ResolvedOp.from_wire(d) for d in raw]
                 vectors = extra.get("vectors") if isinstance(extra, dict) else None
                 if vectors:
-                    self.dynamic.acquire(req_id, vectors)
+                    resid, head = split_payload(vectors)
+                    self.dynamic.acquire(req_id, resid)
+                    self.heads.dynamic.acquire(req_id, head)
                 plan = self.plan_for(ops, req_id) or None
                 gated = [op.gate for op in ops if op.gate is not None]
                 if plan and gated:
@@ -267,6 +269,7 @@ class SteeringRuntime:
                 # let it take the engine down: run the request unsteered and count it.
                 self.rejected += 1
                 self.dynamic.release(req_id)
+                self.heads.dynamic.release(req_id)
                 log.warning("truthsteer: ignoring invalid steering of request %s: %s", req_id, e)
         self._plans[req_id] = plan
         return plan
@@ -286,6 +289,7 @@ class SteeringRuntime:
             del self._plans[rid]
             self._gates.pop(rid, None)
             self.dynamic.release(rid)
+            self.heads.dynamic.release(rid)
         if n:
             qsl = runner.query_start_loc.np
             total = int(qsl[n])

@@ -200,3 +200,27 @@ def test_hf_tiny_llama_equals_an_eager_reference_that_adds_to_o_proj_input() -> 
     rt.prepare_step(fake_runner([Req("z", 6, 0, 6, [ResolvedOp("iti", "add", 0.0, (0, 2), "all", site="attn_heads")])]))
     assert torch.equal(model(ids).logits, base)
     assert wire(op)[0]["site"] == "attn_heads"
+
+
+def test_inline_head_vectors_steer_bit_identically_to_the_bundles() -> None:
+    from steering.inline import InlineVectors
+    from steering.spec import parse_ops, resolve
+
+    info = ModelInfo("tiny", H, L, fingerprint="sha256:tiny", num_heads=2, head_dim=4)
+    model = AttnModel(H, L)
+    rt = SteeringRuntime(model.layers, [RESID, HEADS], hidden_size=H, max_tokens=32, max_ops_per_layer=3,
+                         device=torch.device("cpu"), dtype=torch.float32, max_inline=2)
+    inline = InlineVectors(info, heads=True)
+    raw = [{"vector": {str(k): HEADS.head_vectors[k].reshape(-1).tolist() for k in (1, 3)}, "site": "attn_heads",
+            "strength": 3.0},
+           {"vector": {"2": RESID.vectors[2].tolist()}, "strength": 2.0}]
+    ops = resolve(parse_ops(raw), {}, L, inline=inline)
+    extra = {EXTRA_ARGS_KEY: {"steering": wire(ops), "vectors": inline.payload()}}
+    named = [*HEAD_ADD, ResolvedOp("truth", "add", 2.0, (2,), "all")]
+    x = torch.randn(3, H)
+    out = run(model, rt, [Req("inline", 3, 0, 3, extra=extra), Req("named", 3, 0, 3, named)], torch.cat([x, x]))
+    assert rt.rejected == 0
+    assert torch.equal(out[:3], out[3:])
+    assert not torch.equal(out[:3], AttnModel(H, L)(x))
+    run(model, rt, [Req("next", 3, 0, 3)], x)  # both requests left: their inline rows are free again
+    assert rt.heads.dynamic.inline_in_use == 0 and rt.dynamic.inline_in_use == 0

@@ -61,7 +61,7 @@ def test_residual_ops_keep_their_wire_form_and_cache_salt() -> None:
     ({"direction": "iti", "site": "attn_heads", "layers": {"start": 1, "end": 9}}, "steering[0].layers", r"\[4, 5, 6, 7, 8\] outside"),
     ({"direction": "iti"}, "steering[0].site", "attention-head vectors only"),
     ({"direction": "iti", "site": "mlp"}, "steering[0].site", "attn_heads"),
-    ({"vector": [0.5] * 8, "layers": [1], "site": "attn_heads"}, "steering[0].site", "residual stream only"),
+    ({"vector": [0.5] * 8, "layers": [1], "site": "attn_heads"}, "steering[0].site", "server started with a bundle"),
     ({"direction": "iti", "site": "attn_heads", "strength": 100}, "steering[0].strength", "strength"),
 ])
 def test_unsupported_head_ops_name_the_parameter(raw: dict[str, Any], param: str, match: str) -> None:
@@ -157,3 +157,23 @@ def test_the_live_registry_refuses_head_bundles(tmp_path: Path) -> None:
     with pytest.raises(APIError, match="loaded at start-up only") as e:
         decode_upload(DirectionPush(data=data), INFO, False)
     assert e.value.param == "data"
+
+
+HINFO = ModelInfo("tiny", 8, 4, fingerprint="sha256:tiny", num_heads=2, head_dim=4)
+
+
+def test_inline_head_vectors_resolve_with_their_own_digest_and_payload() -> None:
+    vec = [0.0] * 4 + [0.5, -1.0, 2.0, 0.25]  # head 1 only
+    inline = InlineVectors(HINFO, heads=True)
+    (op,) = res([{"vector": {"2": vec}, "site": "attn_heads", "strength": 3}], inline=inline)
+    assert op.site == "attn_heads" and op.layers == (2,) and op.vector.startswith("inline:")
+    (entry,) = inline.payload().values()
+    assert entry["site"] == "attn_heads" and entry["layers"] == [2] and len(entry["data"]) == 8 * 4
+    (bundle,) = inline.bundles.values()
+    assert bundle.meta.heads is not None and bundle.meta.heads.selected == [(2, 1)]
+    resid = InlineVectors(HINFO, heads=True)
+    (rop,) = res([{"vector": {"2": vec}}], inline=resid)
+    assert rop.vector != op.vector  # same bytes, other site: other digest (and cache salt)
+    with pytest.raises(SpecError, match="heads x head size is 8") as e:
+        res([{"vector": [1.0] * 6, "layers": [1], "site": "attn_heads"}], inline=InlineVectors(HINFO, heads=True))
+    assert e.value.param == "steering[0].vector"
