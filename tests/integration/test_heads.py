@@ -145,3 +145,17 @@ def test_bad_head_steering_is_a_4xx_naming_the_parameter(server: str, op: dict[s
                    json={"model": "smollm2", "prompt": "x", "max_tokens": 2, "steering": [op]})
     assert r.status_code in (400, 422), r.text
     assert r.json()["error"]["param"] == param
+
+
+def test_inline_head_vectors_steer_like_the_bundle(client: Any, bundle_path: Path) -> None:
+    import base64
+
+    from steering.bundle import load_bundle
+
+    b = load_bundle(bundle_path)
+    assert b.meta.heads is not None
+    vec = {str(k): base64.b64encode(b.head_vectors[k].reshape(-1).numpy().astype("<f4").tobytes()).decode()
+           for k in b.meta.heads.layers}
+    inline = complete(client, [{"vector": vec, "site": "attn_heads", "strength": 6.0}], logprobs=1)
+    named = complete(client, [{**HEADS, "strength": 6.0}], logprobs=1)
+    assert inline.text == named.text and inline.logprobs.token_logprobs == named.logprobs.token_logprobs
