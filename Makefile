@@ -61,7 +61,8 @@ truth-data: install
 directions: model
 	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
 	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors
-	$(BIN)/truthsteer probes heads --out directions/heads/truth-heads.safetensors \
+	$(BIN)/truthsteer probes heads --domains cities --max-per-domain 1500 \
+		--out directions/heads/truth-heads.safetensors \
 		--report reports/probes/truth_heads.json
 
 # Measure the shipped bundles and write the geometry/transfer reports (docs/probes.md; ~10-30 min
