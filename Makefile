@@ -61,6 +61,9 @@ truth-data: install
 directions: model
 	$(BIN)/truthsteer probes train --preset truth --out directions/truth.safetensors
 	$(BIN)/truthsteer probes train --preset sycophancy --out directions/sycophancy.safetensors
+	$(BIN)/truthsteer probes heads --domains cities --max-per-domain 1500 \
+		--out directions/heads/truth-heads.safetensors \
+		--report reports/probes/truth_heads.json
 
 # Measure the shipped bundles and write the geometry/transfer reports (docs/probes.md; ~10-30 min
 # on CPU, most of it extracting activations, which are cached for the next run).
@@ -119,6 +122,7 @@ bench: model
 	$(BIN)/python -m bench.http_probes
 	$(BIN)/python -m bench.dola
 	$(BIN)/python -m bench.live
+	$(BIN)/python -m bench.heads
 	$(BIN)/python -m bench.loadgen
 
 # The ops under CUDA graphs and torch.compile on any CUDA machine with PyTorch (no vLLM, no venv

@@ -15,7 +15,7 @@ model key, which names the model fingerprint and the extraction dtype.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,14 @@ def model_key(fingerprint: str, dtype: torch.dtype) -> str:
 class ActivationStore:
     """Per-text activations of one model (and dtype), on disk."""
 
-    def __init__(self, key: str, root: Path | None = None, chunk: int = 256) -> None:
+    def __init__(self, key: str, root: Path | None = None, chunk: int = 256,
+                 extract: Callable[..., torch.Tensor] | None = None) -> None:
+        """``extract``: the extractor of missing rows (default: the residual stream's,
+        :func:`~probes.extract.last_token_activations`); another site, e.g. the heads' ``o_proj``
+        inputs, needs its own ``key``."""
         self.dir = (root or cache_dir() / "activations") / key
         self.chunk = chunk
+        self.extract = extract
         self._where: dict[str, Path] = {}
         for shard in sorted(self.dir.glob("shard-*.safetensors")):
             with safe_open(str(shard), "pt") as f:
@@ -81,7 +86,8 @@ class ActivationStore:
         for start in tqdm(range(0, len(missing), self.chunk), disable=not progress or not missing,
                           desc="activation chunks"):
             ks = missing[start : start + self.chunk]
-            acts = last_token_activations(model, tok, [text_of[k] for k in ks], batch_size, progress=False)
+            extract = self.extract or last_token_activations
+            acts = extract(model, tok, [text_of[k] for k in ks], batch_size, progress=False)
             self._save(ks, acts)
         rows = self._load(list(dict.fromkeys(keys)))
         return torch.stack([rows[k].float() for k in keys])

@@ -93,9 +93,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     lc.add_argument("--out", type=Path, required=True, help="output folder (curve.md / .json / .png)")
     lc.set_defaults(func=_curve)
 
+    from probes.heads_cli import add_parser as add_heads
     from probes.lodo_cli import add_parser as add_lodo
 
     add_lodo(psub)
+    add_heads(psub)
 
 
 def _csv(kind: type[float] | type[int]) -> Any:

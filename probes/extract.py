@@ -156,3 +156,31 @@ def cached_activations(
     save_file({"acts": acts.contiguous()}, str(tmp))
     tmp.replace(path)
     return acts
+
+
+@torch.inference_mode()
+def last_token_head_inputs(model: Any, tok: Any, texts: Sequence[str], batch_size: int = 16,
+                           progress: bool = True) -> torch.Tensor:
+    """``[len(texts), num_layers, num_heads * head_dim]`` float32: each decoder layer's attention
+    output before the output projection (``self_attn.o_proj``'s input, the ``attn_heads`` steering
+    site; head ``h`` in columns ``h * head_dim ..``) at each text's last token, read with forward
+    pre-hooks; one padded pass per batch."""
+    projs = [layer.self_attn.o_proj for layer in decoder_layers(model)]
+    seen: list[torch.Tensor] = []
+    handles = [p.register_forward_pre_hook(lambda _m, args: seen.append(args[0])) for p in projs]
+    ids = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    out = torch.empty(len(ids), len(projs), int(projs[0].in_features))
+    try:
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for start in tqdm(range(0, len(ids), batch_size), disable=not progress, desc="head activations"):
+            idx = order[start : start + batch_size]
+            input_ids, mask = _pad([ids[i] for i in idx], _pad_id(tok))
+            seen.clear()
+            getattr(model, "model", model)(input_ids=input_ids, attention_mask=mask)
+            last, rows, dest = mask.sum(1) - 1, torch.arange(len(idx)), torch.tensor(idx)
+            for k, h in enumerate(seen):
+                out[dest, k] = h[rows, last].float()
+    finally:
+        for hd in handles:
+            hd.remove()
+    return out

@@ -116,6 +116,9 @@ def decode_upload(body: DirectionPush, info: ModelInfo, force: bool) -> Directio
             bundle = _load(path, fmt, body, info, force)
         except BundleError as e:
             raise bad_request(str(e).replace(str(path), "data"), "data", "invalid_bundle") from e
+    if bundle.meta.heads is not None:
+        raise bad_request("bundles with attention-head vectors (site attn_heads) are loaded at start-up only; the "
+                          "live registry holds residual-stream directions", "data", "invalid_bundle")
     if body.name is not None and bundle.name != body.name:
         raise bad_request(f"the bundle is named '{bundle.name}', not '{body.name}'", "name", "invalid_value")
     return bundle

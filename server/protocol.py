@@ -272,6 +272,10 @@ class DirectionCard(BaseModel):
         default_factory=list, description="steering ops measured to help (usable as a request's `steering` "
         "as is); the numbers behind them are in `metrics` (keys `recommended.*`)")
     recommended_steering_notes: str = ""
+    heads: dict[str, Any] | None = Field(
+        default=None, description="attention-head vectors for steering ops with site attn_heads: num_heads, "
+        "head_dim, layers, selected (layer, head) pairs, recommended_strength, per-head validation accuracy and "
+        "sigma ('layer.head' keys); null: residual directions only")
 
     @classmethod
     def of(cls, b: DirectionBundle, live: bool = False) -> DirectionCard:
@@ -284,7 +288,7 @@ class DirectionCard(BaseModel):
             probe_frame=frame.model_dump() if frame else None, metrics=m.metrics,
             layer_stats={k: st.model_dump() for k, st in m.layer_stats.items()},
             recommended_steering=m.recommended_steering, recommended_steering_notes=m.recommended_steering_notes,
-            live=live,
+            live=live, heads=m.heads.model_dump() if m.heads is not None else None,
         )
 
 

@@ -114,7 +114,8 @@ class SteeringState:
         engine requests; raises SpecError / APIError naming the parameter."""
         if ops is None:
             return ResolvedSteering(list(self.default_ops), default=bool(self.default_ops))
-        inline = InlineVectors(self.info, self.inline_limits) if self.inline_limits.max_vectors > 0 else None
+        heads = any(b.meta.heads is not None for b in self.static.values())
+        inline = InlineVectors(self.info, self.inline_limits, heads=heads) if self.inline_limits.max_vectors > 0 else None
         refs = {n: e.ref for n, e in self.entries.items()}
         resolved = resolve(ops, self.bundles(), self.info.num_layers, self.limits, param, refs, inline)
         payload = inline.payload() if inline is not None else {}

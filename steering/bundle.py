@@ -7,6 +7,9 @@ On-disk format (``format_version`` 1), documented in README "Direction bundles":
   that layer), so ``strength: 1`` moves the residual stream by one class difference.
 * optional tensor ``probe.weight`` -- float32 ``[hidden_size]``, the linear probe read at
   ``probe.layer``: ``score = sigmoid(a * (w . h + bias) + b)`` with Platt calibration ``(a, b)``.
+* optional tensors ``heads.{layer}`` -- float32 ``[num_heads, head_dim]``, head vectors for the
+  ``attn_heads`` steering site (metadata ``heads``, :mod:`steering.heads`); a bundle with head
+  vectors may have no residual ``direction`` tensors (``layers: []``).
 * the safetensors header metadata key ``truthsteer`` holds the JSON :class:`BundleMetadata`.
 
 Loading validates the file on its own (finite values, shapes, consistent layer lists, no unknown
@@ -28,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from steering.errors import BundleError
+from steering.heads import HEAD_TENSOR_RE, HeadMeta, validate_heads
 from steering.model_info import ModelInfo
 
 FORMAT_VERSION = 1
@@ -154,6 +158,7 @@ class BundleMetadata(_Strict):
     # steering ops (a request's ``steering`` list) measured to help; validated at load like a request
     recommended_steering: list[dict[str, Any]] = []
     recommended_steering_notes: str = ""  # how they were chosen; the numbers are in ``metrics``
+    heads: HeadMeta | None = None  # head vectors for the attn_heads site (tensors heads.{layer})
 
     @field_validator("format_version")
     @classmethod
@@ -178,6 +183,7 @@ class DirectionBundle:
     vectors: dict[int, torch.Tensor]
     probe_weight: torch.Tensor | None = None
     source: str = field(default="<memory>", compare=False)
+    head_vectors: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [num_heads, head_dim]
 
     @property
     def name(self) -> str:
@@ -200,6 +206,10 @@ class DirectionBundle:
 
     def __post_init__(self) -> None:
         _validate_contents(self.meta, self.vectors, self.probe_weight, self.source)
+        if self.meta.heads is not None:
+            validate_heads(self.meta.heads, self.head_vectors, self.meta.model.num_layers, self.source)
+        elif self.head_vectors:
+            raise _fail(self.source, "heads", "head tensors need heads metadata")
 
 
 def _fail(source: str, fieldname: str, msg: str) -> BundleError:
@@ -213,8 +223,8 @@ def _validate_contents(
     source: str,
 ) -> None:
     hs, nl = meta.model.hidden_size, meta.model.num_layers
-    if not meta.layers:
-        raise _fail(source, "layers", "must list at least one layer")
+    if not meta.layers and meta.heads is None:
+        raise _fail(source, "layers", "must list at least one layer (or carry head vectors)")
     if len(set(meta.layers)) != len(meta.layers):
         raise _fail(source, "layers", "contains duplicates")
     for layer in meta.layers:
@@ -234,7 +244,7 @@ def _validate_contents(
             raise _fail(source, name, f"shape {tuple(v.shape)}, expected ({hs},)")
         if not bool(torch.isfinite(v).all()):
             raise _fail(source, name, "contains NaN or inf")
-    if not meta.recommended_layers:
+    if not meta.recommended_layers and meta.layers:
         raise _fail(source, "recommended_layers", "must list at least one layer")
     bad = sorted(set(meta.recommended_layers) - set(meta.layers))
     if bad:
@@ -271,6 +281,10 @@ def check_compatible(bundle: DirectionBundle, model: ModelInfo, *, force: bool =
         raise _fail(src, "model.hidden_size", f"{ref.hidden_size} != served model's {model.hidden_size}")
     if ref.num_layers != model.num_layers:
         raise _fail(src, "model.num_layers", f"{ref.num_layers} != served model's {model.num_layers}")
+    heads = bundle.meta.heads
+    if heads is not None and model.num_heads and (heads.num_heads, heads.head_dim) != (model.num_heads, model.head_dim):
+        raise _fail(src, "heads", f"{heads.num_heads} heads x {heads.head_dim} != served model's "
+                    f"{model.num_heads} x {model.head_dim}")
     if not force and model.fingerprint and ref.fingerprint != model.fingerprint:
         raise _fail(
             src,
@@ -286,6 +300,8 @@ def save_bundle(bundle: DirectionBundle, path: str | Path) -> Path:
     tensors = {f"direction.{k}": v.detach().to(torch.float32).contiguous() for k, v in bundle.vectors.items()}
     if bundle.probe_weight is not None:
         tensors["probe.weight"] = bundle.probe_weight.detach().to(torch.float32).contiguous()
+    for k, t in bundle.head_vectors.items():
+        tensors[f"heads.{k}"] = t.detach().to(torch.float32).contiguous()
     meta_json = bundle.meta.model_dump_json(exclude_none=True)
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={METADATA_KEY: meta_json})
@@ -321,16 +337,19 @@ def load_bundle(
         loc = ".".join(str(p) for p in first["loc"]) or "metadata"
         raise _fail(src, loc, first["msg"]) from e
     vectors: dict[int, torch.Tensor] = {}
+    heads: dict[int, torch.Tensor] = {}
     probe_weight = None
     for key, t in raw.items():
-        m = _DIRECTION_RE.match(key)
+        m, mh = _DIRECTION_RE.match(key), HEAD_TENSOR_RE.match(key)
         if m:
             vectors[int(m.group(1))] = t.to(torch.float32)
+        elif mh:
+            heads[int(mh.group(1))] = t.to(torch.float32)
         elif key == "probe.weight":
             probe_weight = t.to(torch.float32)
         else:
-            raise _fail(src, key, "unknown tensor (expected direction.N or probe.weight)")
-    bundle = DirectionBundle(meta=meta, vectors=vectors, probe_weight=probe_weight, source=src)
+            raise _fail(src, key, "unknown tensor (expected direction.N, heads.N or probe.weight)")
+    bundle = DirectionBundle(meta=meta, vectors=vectors, probe_weight=probe_weight, source=src, head_vectors=heads)
     if model is not None:
         check_compatible(bundle, model, force=force)
     return bundle

@@ -12,8 +12,13 @@ carries (``vector: "inline:<digest>"``), so it enters the KV-cache salt: two req
 blocks only when their vectors are byte-identical. :meth:`InlineVectors.payload` is the float32
 data that travels to the worker in the request's ``extra_args``; nothing is kept after the request.
 
-Invariants: every accepted vector has the model's hidden size, finite values and a norm at most
-``max_norm`` per layer; at most ``max_vectors`` distinct vectors per request.
+With ``"site": "attn_heads"`` a vector is a head vector (``num_heads * head_dim`` values per layer,
+head ``h`` at ``h * head_dim ..``; zeros for heads left alone): its bundle carries head vectors, its
+digest is salted with the site, and its payload entry says ``"site": "attn_heads"``.
+
+Invariants: every accepted vector has the site's width (the model's hidden size, or heads x head
+size), finite values and a norm at most ``max_norm`` per layer; at most ``max_vectors`` distinct
+vectors per request.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import torch
 
 from steering.bundle import BundleMetadata, DirectionBundle, LayerStats, ModelRef, Training
 from steering.errors import SpecError
+from steering.heads import RESIDUAL, HeadMeta
 from steering.model_info import ModelInfo
 
 INLINE_PREFIX = "inline:"
@@ -44,16 +50,19 @@ class InlineLimits:
     max_norm: float = 1e4  # per-layer L2 norm cap
 
 
-def digest(vectors: Mapping[int, np.ndarray]) -> str:
-    """sha256 over the layers and float32 bytes, in layer order (32 hex characters)."""
+def digest(vectors: Mapping[int, np.ndarray], site: str = RESIDUAL) -> str:
+    """sha256 over the layers and float32 bytes, in layer order (32 hex characters); other sites
+    than the residual stream salt it with their name."""
     h = hashlib.sha256()
+    if site != RESIDUAL:
+        h.update(f"{site}|".encode())
     for layer in sorted(vectors):
         h.update(f"{layer}:".encode())
         h.update(np.ascontiguousarray(vectors[layer], dtype="<f4").tobytes())
     return h.hexdigest()[:32]
 
 
-def decode_vector(raw: Any, dtype: str, hidden_size: int, param: str) -> np.ndarray:
+def decode_vector(raw: Any, dtype: str, hidden_size: int, param: str, what: str = "the model's hidden size") -> np.ndarray:
     """One vector from a list of numbers or a base64 string; checks size and finiteness."""
     if isinstance(raw, str):
         try:
@@ -62,12 +71,12 @@ def decode_vector(raw: Any, dtype: str, hidden_size: int, param: str) -> np.ndar
             raise SpecError(f"not valid base64 ({e})", param) from e
         item = DTYPES[dtype].itemsize
         if len(buf) != hidden_size * item:
-            raise SpecError(f"{len(buf)} bytes; a {dtype} vector of the model's hidden size {hidden_size} "
+            raise SpecError(f"{len(buf)} bytes; a {dtype} vector of {what} {hidden_size} "
                             f"has {hidden_size * item}", param)
         arr = np.frombuffer(buf, dtype=DTYPES[dtype]).astype(np.float32)
     elif isinstance(raw, list):
         if len(raw) != hidden_size:
-            raise SpecError(f"{len(raw)} values, the model's hidden size is {hidden_size}", param)
+            raise SpecError(f"{len(raw)} values, {what} is {hidden_size}", param)
         if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in raw):
             raise SpecError("values must be numbers", param)
         arr = np.asarray(raw, dtype=np.float64).astype(np.float32)
@@ -86,23 +95,31 @@ class InlineVectors:
     model: ModelInfo
     limits: InlineLimits = InlineLimits()
     bundles: dict[str, DirectionBundle] = field(default_factory=dict)  # digest -> bundle
+    heads: bool = False  # accept attn_heads vectors (the worker has head tables: a head bundle is loaded)
 
-    def add(self, raw: Any, dtype: str, layers: list[int] | None, param: str) -> tuple[DirectionBundle, str]:
+    def add(self, raw: Any, dtype: str, layers: list[int] | None, param: str,
+            site: str = RESIDUAL) -> tuple[DirectionBundle, str]:
         """Decode and check one op's ``vector``; returns its bundle and wire reference."""
-        vectors = self._decode(raw, dtype, layers, param)
+        width = self.model.hidden_size if site == RESIDUAL else self.model.num_heads * self.model.head_dim
+        if site != RESIDUAL and not (self.heads and width):
+            raise SpecError("inline attn_heads vectors need a server started with a bundle that has head vectors "
+                            "(its o_proj tables)", param.removesuffix(".vector") + ".site")
+        what = "the model's hidden size" if site == RESIDUAL else "the model's heads x head size"
+        vectors = self._decode(raw, dtype, layers, param, width, what)
         for layer, v in vectors.items():
             norm = float(np.linalg.norm(v.astype(np.float64)))
             if not math.isfinite(norm) or norm > self.limits.max_norm:
                 raise SpecError(f"norm {norm:.4g} at layer {layer} exceeds the cap {self.limits.max_norm:g}", param)
-        key = digest(vectors)
+        key = digest(vectors, site)
         if key not in self.bundles:
             if len(self.bundles) >= self.limits.max_vectors:
                 raise SpecError(f"at most {self.limits.max_vectors} inline vectors per request", param)
-            self.bundles[key] = self._bundle(key, vectors)
+            self.bundles[key] = self._bundle(key, vectors) if site == RESIDUAL else self._head_bundle(key, vectors)
         return self.bundles[key], INLINE_PREFIX + key
 
-    def _decode(self, raw: Any, dtype: str, layers: list[int] | None, param: str) -> dict[int, np.ndarray]:
-        hs, nl = self.model.hidden_size, self.model.num_layers
+    def _decode(self, raw: Any, dtype: str, layers: list[int] | None, param: str, hs: int,
+                what: str) -> dict[int, np.ndarray]:
+        nl = self.model.num_layers
         if isinstance(raw, dict):
             out: dict[int, np.ndarray] = {}
             for k, v in raw.items():
@@ -112,7 +129,7 @@ class InlineVectors:
                     raise SpecError(f"key {k!r} is not a layer number", param) from e
                 if not 0 <= layer < nl:
                     raise SpecError(f"layer {layer} outside the model's [0, {nl})", f"{param}.{k}")
-                out[layer] = decode_vector(v, dtype, hs, f"{param}.{k}")
+                out[layer] = decode_vector(v, dtype, hs, f"{param}.{k}", what)
             if not out:
                 raise SpecError("the layer mapping is empty", param)
             return out
@@ -121,7 +138,7 @@ class InlineVectors:
         bad = [x for x in layers if not 0 <= x < nl]
         if bad:
             raise SpecError(f"layers {bad} outside the model's [0, {nl})", param.rsplit(".", 1)[0] + ".layers")
-        vec = decode_vector(raw, dtype, hs, param)
+        vec = decode_vector(raw, dtype, hs, param, what)
         return {layer: vec for layer in layers}
 
     def _bundle(self, key: str, vectors: dict[int, np.ndarray]) -> DirectionBundle:
@@ -135,13 +152,26 @@ class InlineVectors:
         )
         return DirectionBundle(meta=meta, vectors=tensors, source=f"<inline {key}>")
 
+    def _head_bundle(self, key: str, vectors: dict[int, np.ndarray]) -> DirectionBundle:
+        nh, hd = self.model.num_heads, self.model.head_dim
+        tensors = {k: torch.from_numpy(v.copy()).reshape(nh, hd) for k, v in vectors.items()}
+        selected = [(k, h) for k, t in sorted(tensors.items()) for h in range(nh) if bool(t[h].ne(0).any())]
+        meta = BundleMetadata(
+            name=INLINE_NAME, kind="custom", description=f"inline head vector {key}", model=ModelRef.of(self.model),
+            layers=[], recommended_layers=[], recommended_strength=1.0, training=Training(method="inline"),
+            heads=HeadMeta(num_heads=nh, head_dim=hd, layers=sorted(tensors), selected=selected),
+        )
+        return DirectionBundle(meta=meta, vectors={}, source=f"<inline {key}>", head_vectors=tensors)
+
     def payload(self) -> dict[str, dict[str, Any]]:
-        """What travels to the worker: digest -> ``{"layers": [...], "data": float32 bytes [L, H]}``."""
+        """What travels to the worker: digest -> ``{"layers": [...], "data": float32 bytes [L, width]}``
+        (plus ``"site": "attn_heads"`` for head vectors, ``[L, num_heads * head_dim]``)."""
         out: dict[str, dict[str, Any]] = {}
         for key, b in self.bundles.items():
-            layers = sorted(b.vectors)
-            data = torch.stack([b.vectors[k] for k in layers]).to(torch.float32).numpy().astype("<f4").tobytes()
-            out[key] = {"layers": layers, "data": data}
+            vecs = {k: v.reshape(-1) for k, v in b.head_vectors.items()} if b.meta.heads else b.vectors
+            layers = sorted(vecs)
+            data = torch.stack([vecs[k] for k in layers]).to(torch.float32).numpy().astype("<f4").tobytes()
+            out[key] = {"layers": layers, "data": data, **({"site": "attn_heads"} if b.meta.heads else {})}
         return out
 
 

@@ -22,6 +22,8 @@ class ModelInfo:
     num_layers: int
     architecture: str = ""
     fingerprint: str = ""  # empty: unknown, fingerprint checks are skipped
+    num_heads: int = 0  # attention heads (0: unknown; the attn_heads steering site needs them)
+    head_dim: int = 0
 
     @classmethod
     def from_hf_config(cls, name: str, cfg: Any, fingerprint: str = "") -> ModelInfo:
@@ -33,7 +35,18 @@ class ModelInfo:
             num_layers=int(text_cfg.num_hidden_layers),
             architecture=str(archs[0]),
             fingerprint=fingerprint,
+            **_heads(vars(text_cfg) if hasattr(text_cfg, "__dict__") else {}),
         )
+
+
+def _heads(cfg: dict[str, Any]) -> dict[str, int]:
+    """``num_heads`` and ``head_dim`` of an HF text config (``head_dim`` defaults to
+    ``hidden_size / num_attention_heads``, as HF's attention modules do)."""
+    heads = int(cfg.get("num_attention_heads") or 0)
+    if not heads:
+        return {}
+    dim = cfg.get("head_dim") or int(cfg["hidden_size"]) // heads
+    return {"num_heads": heads, "head_dim": int(dim)}
 
 
 def fingerprint_folder(folder: str | Path) -> str:
@@ -78,4 +91,5 @@ def describe(folder: str | Path, name: str | None = None) -> ModelInfo:
         num_layers=layers,
         architecture=str((raw.get("architectures") or [""])[0]),
         fingerprint=fingerprint_folder(folder),
+        **_heads(text),
     )

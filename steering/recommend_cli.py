@@ -25,7 +25,8 @@ def _recommend(args: argparse.Namespace) -> int:
         metrics[f"recommended.{key}"] = float(value)
     meta = bundle.meta.model_copy(update={"recommended_steering": ops, "metrics": metrics,
                                           "recommended_steering_notes": "" if args.clear else args.notes})
-    updated = type(bundle)(meta=meta, vectors=bundle.vectors, probe_weight=bundle.probe_weight, source=str(args.bundle))
+    updated = type(bundle)(meta=meta, vectors=bundle.vectors, probe_weight=bundle.probe_weight, source=str(args.bundle),
+                           head_vectors=bundle.head_vectors)
     others = {b.name: b for b in (load_bundle(p) for p in args.with_ or [])}
     check_recommendations({**others, updated.name: updated}, bundle.meta.model.num_layers)
     save_bundle(updated, args.out or args.bundle)

@@ -22,11 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from steering.bundle import DirectionBundle
 from steering.errors import SpecError
+from steering.heads import ATTN_HEADS, RESIDUAL, head_layers
 from steering.inline import INLINE_NAME, InlineVectors
 from steering.ops import ADD, CLAMP
 
 Positions = Literal["all", "prompt", "generated"]
 OpName = Literal["add", "ablate", "clamp"]
+Site = Literal["residual", "attn_heads"]
 _ONE_SOURCE = "give exactly one of direction / vector"
 
 
@@ -142,6 +144,12 @@ class SteeringOp(BaseModel):
         "(default: the bundle's positive-class mean at each layer)",
     )
     gate: Gate | None = Field(default=None, description="apply only while this probe flags risk (see Gate)")
+    site: Site = Field(
+        default="residual",
+        description="residual: the residual stream after decoder layer k; attn_heads: the attention heads' "
+        "output before the output projection (o_proj's input), with the bundle's per-head vectors (op add only; "
+        "strength in units of each head's std, ITI-style; default layers: the bundle's selected heads' layers)",
+    )
 
     @field_validator("strength", "target")
     @classmethod
@@ -171,6 +179,7 @@ class ResolvedOp:
     # where the vectors live when not a start-up bundle: "reg:<slot>:<digest>" (live registry) or
     # "inline:<digest>" (the request's own); the digest puts the vectors' content into the cache salt
     vector: str = ""
+    site: str = RESIDUAL  # or attn_heads (steering/heads.py)
 
     def to_wire(self) -> dict[str, Any]:
         d = asdict(self)
@@ -180,6 +189,8 @@ class ResolvedOp:
             del d["gate"]  # ungated ops keep their pre-gate wire form (and cache salt)
         if not self.vector:
             del d["vector"]  # start-up bundles keep their wire form (and cache salt)
+        if self.site == RESIDUAL:
+            del d["site"]  # residual ops keep their pre-site wire form (and cache salt)
         return d
 
     @classmethod
@@ -193,6 +204,7 @@ class ResolvedOp:
             targets=tuple(float(x) for x in d.get("targets", ())),
             gate=gate_from_wire(d["gate"]) if d.get("gate") is not None else None,
             vector=str(d.get("vector", "")),
+            site=str(d.get("site", RESIDUAL)),
         )
 
 
@@ -255,12 +267,19 @@ def resolve(
     if len(ops) > limits.max_ops:
         raise SpecError(f"at most {limits.max_ops} steering operations per request, got {len(ops)}", param)
     out: list[ResolvedOp] = []
-    per_layer: dict[int, int] = {}
+    per_layer: dict[tuple[str, int], int] = {}
     for i, op in enumerate(ops):
         p = f"{param}[{i}]"
         bundle, name, ref = _source(op, bundles, refs or {}, inline, p)
-        layers = _layers_of(op, bundle, num_layers, f"{p}.layers")
-        default = bundle.meta.recommended_strength if op.op == ADD else 1.0
+        if op.site == ATTN_HEADS:
+            layers, default = head_layers(op.op, _requested(op), bundle.meta.heads, bundle.name,
+                                          "" if op.vector is not None else ref, num_layers, p)
+        else:
+            if not bundle.meta.layers:
+                raise SpecError(f"direction '{bundle.name}' has attention-head vectors only; use site 'attn_heads'",
+                                f"{p}.site")
+            layers = _layers_of(op, bundle, num_layers, f"{p}.layers")
+            default = bundle.meta.recommended_strength if op.op == ADD else 1.0
         strength = default if op.strength is None else op.strength
         if abs(strength) > limits.max_abs_strength:
             raise SpecError(f"|strength| must be <= {limits.max_abs_strength}, got {strength}", f"{p}.strength")
@@ -280,13 +299,13 @@ def resolve(
         elif op.target is not None:
             raise SpecError("target is only valid with op 'clamp'", f"{p}.target")
         for x in layers:
-            per_layer[x] = per_layer.get(x, 0) + 1
-            if per_layer[x] > limits.max_ops_per_layer:
+            per_layer[op.site, x] = per_layer.get((op.site, x), 0) + 1
+            if per_layer[op.site, x] > limits.max_ops_per_layer:
                 raise SpecError(
                     f"at most {limits.max_ops_per_layer} operations may act on one layer (layer {x})", p
                 )
         gate = None if op.gate is None else resolve_gate(op.gate, bundles, f"{p}.gate")
-        out.append(ResolvedOp(name, op.op, float(strength), layers, op.positions, targets, gate, ref))
+        out.append(ResolvedOp(name, op.op, float(strength), layers, op.positions, targets, gate, ref, op.site))
     return out
 
 
@@ -296,18 +315,20 @@ def _source(op: SteeringOp, bundles: Mapping[str, DirectionBundle], refs: Mappin
     if op.vector is not None:
         if inline is None:
             raise SpecError("inline vectors are not accepted here", f"{p}.vector")
-        layers = None
-        if isinstance(op.layers, LayerRange):
-            layers = list(range(op.layers.start, op.layers.end))
-        elif op.layers is not None:
-            layers = list(op.layers)
-        bundle, ref = inline.add(op.vector, op.vector_dtype, layers, f"{p}.vector")
+        bundle, ref = inline.add(op.vector, op.vector_dtype, _requested(op), f"{p}.vector", op.site)
         return bundle, INLINE_NAME, ref
     name = op.direction or ""
     found = bundles.get(name)
     if found is None:
         raise SpecError(f"unknown direction '{name}'; available: {sorted(bundles) or 'none'}", f"{p}.direction")
     return found, name, refs.get(name, "")
+
+
+def _requested(op: SteeringOp) -> list[int] | None:
+    """The op's ``layers`` as a list (``None`` when omitted)."""
+    if isinstance(op.layers, LayerRange):
+        return list(range(op.layers.start, op.layers.end))
+    return None if op.layers is None else list(op.layers)
 
 
 def resolve_gate(gate: ProbeGate, bundles: Mapping[str, DirectionBundle], param: str) -> ResolvedGate:

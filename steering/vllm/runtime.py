@@ -9,9 +9,13 @@ between steps are seen by compiled code and by CUDA-graph replays alike.
 Per step, :meth:`prepare_step` reads the step's :class:`~steering.vllm.step_plan.StepPlan` (each
 request's token rows, prompt/generated split, slot entries and gate states; the runtime's
 :attr:`~SteeringRuntime.planner` computes it once per step and parses each request once) and
-writes ``(table row, a, b, strength)`` per layer, slot and token into numpy staging arrays that are
+writes ``(table row, a, b, strength)`` per table, slot and token into numpy staging arrays that are
 copied to the device in bulk. Layers untouched this step and last step cost nothing. After the
 pass, :meth:`finish_step` reads the probe rows, lets the plan decide its gates and sends the rows.
+
+Head-level steering (site ``attn_heads``, :mod:`steering.vllm.heads`) uses the same machinery on
+more tables: a slot plan's keys are table keys, ``layer`` for the residual site and ``num_layers +
+layer`` for the heads of that layer (``o_proj``'s input).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from torch import nn
 
 from steering.bundle import DirectionBundle, load_bundle
 from steering.errors import SpecError
+from steering.heads import ATTN_HEADS, SITES
 from steering.model_info import ModelInfo
 from steering.ops import coefficients
 from steering.request import STEERING, RequestContract
@@ -34,6 +39,7 @@ from steering.spec import ResolvedOp
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR, steer_hook
 from steering.vllm.dynamic_rows import DynamicRows
+from steering.vllm.heads import HeadSite, split_payload
 from steering.vllm.probe_channel import ProbeSender
 from steering.vllm.probe_readout import ProbeReadout
 from steering.vllm.step_plan import POS_CODES, StepPlan, StepPlanner
@@ -56,7 +62,7 @@ class SlotEntry:
         object.__setattr__(self, "coef", coef)
 
 
-SlotPlan = dict[int, list[SlotEntry]]  # one request's steering: layer -> entries in slot order
+SlotPlan = dict[int, list[SlotEntry]]  # one request's steering: table key (layer; num_layers + layer for heads) -> entries
 
 
 @dataclass(frozen=True)
@@ -143,8 +149,13 @@ class SteeringRuntime:
         self.dynamic = DynamicRows({i: b.table for i, b in self.buffers.items()},
                                    {i: 1 + len(per_layer[i]) for i in self.buffers}, max_directions, max_inline,
                                    hidden_size)
-        self.idx_np = np.zeros((self.num_layers, self.k, max_tokens), dtype=np.int64)
-        self.coef_np = np.zeros((self.num_layers, self.k, 3, max_tokens), dtype=np.float32)
+        # head vectors (site attn_heads): more tables, keyed num_layers + layer
+        self.heads = HeadSite(layers, bundles_list, self.k, max_tokens, device, dtype, all_slots, max_inline)
+        for i, hb in self.heads.buffers.items():
+            self.buffers[self.num_layers + i] = LayerBuffers(**hb)
+        keys = self.num_layers * (2 if self.heads else 1)
+        self.idx_np = np.zeros((keys, self.k, max_tokens), dtype=np.int64)
+        self.coef_np = np.zeros((keys, self.k, 3, max_tokens), dtype=np.float32)
         self._prev_layers: set[int] = set()
         self._prev_tokens = 0
         self.rejected = 0
@@ -204,11 +215,14 @@ class SteeringRuntime:
                     raise SpecError(f"probe {op.gate.probe!r} is not loaded on this worker")
                 gate, gates = gates, gates + 1
             pos = POS_CODES[op.positions]
+            if op.site not in SITES:
+                raise SpecError(f"unknown site {op.site!r}")
+            heads = op.site == ATTN_HEADS
             for j, layer in enumerate(op.layers):
-                row, norm = self._row(op, req_id, layer)
+                row, norm = self.heads.row(op, req_id, layer) if heads else self._row(op, req_id, layer)
                 target = op.targets[j] if op.targets else None
                 a, b = coefficients(op.op, norm, target)
-                entries = plan.setdefault(layer, [])
+                entries = plan.setdefault(self.num_layers + layer if heads else layer, [])
                 if len(entries) >= self.k:
                     raise SpecError(f"more than {self.k} operations on layer {layer}")
                 entries.append(SlotEntry(row, a, b, op.strength, pos, gate))
@@ -225,15 +239,18 @@ class SteeringRuntime:
         return row, self.norms[layer][op.direction]
 
     def admit(self, req_id: str, contract: RequestContract) -> SlotPlan:
-        """A new request's slot plan (its inline vectors take reserved rows first); called once
-        per request by :attr:`planner`."""
+        """A new request's slot plan (its inline vectors take reserved rows first, residual and
+        head vectors in their own tables); called once per request by :attr:`planner`."""
         if contract.vectors:
-            self.dynamic.acquire(req_id, contract.vectors)
+            resid, head = split_payload(contract.vectors)
+            self.dynamic.acquire(req_id, resid)
+            self.heads.dynamic.acquire(req_id, head)
         return self.plan_for(list(contract.steering), req_id)
 
     def release(self, req_id: str) -> None:
         """The request left the batch (or was refused): free its inline vector rows."""
         self.dynamic.release(req_id)
+        self.heads.dynamic.release(req_id)
 
     # ----------------------------------------------------------------- per step
     def prepare_step(self, plan: StepPlan) -> None:

@@ -1,4 +1,6 @@
-"""Plain-PyTorch reference: HF transformers forward with the operators applied by forward hooks."""
+"""Plain-PyTorch reference: HF transformers forward with the operators applied by forward hooks
+(residual ops on the decoder layers' outputs; ``attn_heads`` ops add ``strength * v`` to each
+layer's ``self_attn.o_proj`` input with a pre-hook)."""
 
 from __future__ import annotations
 
@@ -34,7 +36,16 @@ def last_token_logprobs(
     prompt position, so ``generated``-only operations do not apply)."""
     handles = []
     for k, layer in enumerate(decoder_layers(model)):
-        mine = [o for o in steering if k in o.layers and o.positions in ("all", "prompt")]
+        here = [o for o in steering if k in o.layers and o.positions in ("all", "prompt")]
+        mine = [o for o in here if o.site == "residual"]
+        heads = [o for o in here if o.site == "attn_heads"]
+        if heads:
+            shift = sum(o.strength * bundles[o.direction].head_vectors[k].reshape(-1) for o in heads)
+
+            def pre(_m: Any, args: Any, shift: Any = shift) -> Any:
+                return (args[0] + shift.to(args[0].dtype), *args[1:])
+
+            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(pre))
 
         def hook(_m: Any, _a: Any, out: Any, mine: list[ResolvedOp] = mine, k: int = k) -> Any:
             h = out[0] if isinstance(out, tuple) else out
