@@ -15,7 +15,8 @@ import torch
 import steering.vllm.custom_op  # noqa: F401  (registers torch.ops.truthsteer.steer)
 from steering.heads import HeadGeometry
 from steering.model_info import ModelInfo
-from steering.spec import EXTRA_ARGS_KEY, ResolvedOp, wire
+from steering.request import EXTRA_ARGS_KEY
+from steering.spec import ResolvedOp, wire
 from steering.vllm.runtime import SteeringRuntime
 from tests.support.tiny import INFO, make_bundle
 from tests.support.toy import H, Req, fake_runner
@@ -42,7 +43,7 @@ def setup(world: int = 1, rank: int = 0, layers: int = L) -> tuple[AttnModel, St
 
 
 def run(model: AttnModel, rt: SteeringRuntime, reqs: list[Req], x: torch.Tensor) -> torch.Tensor:
-    rt.prepare_step(fake_runner(reqs))
+    rt.prepare_step(rt.planner.plan(fake_runner(reqs)))
     return model(x)
 
 
@@ -110,11 +111,11 @@ def test_compiled_graph_sees_head_table_updates() -> None:
     model, rt = setup()
     compiled = torch.compile(model, backend="inductor", dynamic=True, fullgraph=True)
     x = torch.randn(3, H)
-    rt.prepare_step(fake_runner([Req("p", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p", 3, 0, 3)])))
     first = compiled(x)
-    rt.prepare_step(fake_runner([Req("s", 3, 0, 3, HEAD_ADD)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("s", 3, 0, 3, HEAD_ADD)])))
     torch.testing.assert_close(compiled(x), reference(x, HEAD_ADD, np.arange(3), 3), rtol=1e-5, atol=1e-5)
-    rt.prepare_step(fake_runner([Req("p2", 3, 0, 3)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("p2", 3, 0, 3)])))
     assert torch.equal(compiled(x), first)
 
 
@@ -129,7 +130,7 @@ def test_tensor_parallel_shards_add_up_to_the_single_rank_result() -> None:
     seen, parts = [], []
     for rank in range(2):
         model, rt = setup(world=2, rank=rank)
-        rt.prepare_step(fake_runner([Req("a", 4, 0, 4, op)]))
+        rt.prepare_step(rt.planner.plan(fake_runner([Req("a", 4, 0, 4, op)])))
         layer = model.layers[1]
         parts.append(layer.self_attn(h0 + r0))
         seen.append(layer.self_attn.o_proj.seen)
@@ -194,10 +195,10 @@ def test_hf_tiny_llama_equals_an_eager_reference_that_adds_to_o_proj_input() -> 
         hd.remove()
     rt = SteeringRuntime(model.model.layers, [bundle], hidden_size=16, max_tokens=16, max_ops_per_layer=2,
                          device=torch.device("cpu"), dtype=torch.float32)
-    rt.prepare_step(fake_runner([Req("a", 6, 0, 6, op)]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("a", 6, 0, 6, op)])))
     torch.testing.assert_close(model(ids).logits, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(expected, base, atol=1e-3)
-    rt.prepare_step(fake_runner([Req("z", 6, 0, 6, [ResolvedOp("iti", "add", 0.0, (0, 2), "all", site="attn_heads")])]))
+    rt.prepare_step(rt.planner.plan(fake_runner([Req("z", 6, 0, 6, [ResolvedOp("iti", "add", 0.0, (0, 2), "all", site="attn_heads")])])))
     assert torch.equal(model(ids).logits, base)
     assert wire(op)[0]["site"] == "attn_heads"
 
