@@ -105,8 +105,8 @@ def markdown(res: dict[str, Any]) -> str:
     if tails:
         lines += ["", "## Tail latency over plain vLLM's (median of per-round ratios; below 1: shorter tails)", "",
                   "| scenario | shape | TTFT p99 | ITL p99 |", "|---|---|---|---|"]
-        for name, by_shape in tails.items():
-            for s, r in by_shape.items():
+        for name, tails_of in tails.items():
+            for s, r in tails_of.items():
                 lines.append(f"| {name} | {s} | {_f(r.get('ttft_p99_ms'), 3)} | {_f(r.get('itl_p99_ms'), 3)} |")
     lines += ["", "## Absolute figures (tokens/s; TTFT and ITL p50/p99 in ms)", "",
               "| scenario | shape | tok/s | TTFT p50 | TTFT p99 | ITL p50 | ITL p99 |", "|---|---|---|---|---|---|---|"]
