@@ -38,16 +38,10 @@ import httpx
 from eval import scoring
 from eval.client import Api
 from eval.data import MCItem, qa_context, truthfulqa
+from probes.biased_belief import Estimate
 
 FOLD_SPLIT = 409  # questions 1-409 are fold 1, 410-817 fold 2
 METRICS = ("MC1", "MC2")
-
-
-@dataclass(frozen=True)
-class Estimate:
-    value: float
-    se: float
-    n: int
 
 
 @dataclass(frozen=True)
@@ -209,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     every = truthfulqa(None)
     picked = per_fold_sample(len(every), args.per_fold, args.seed)
     items = [every[i] for i in picked]
-    fold_of = [folds(len(every))[i] for i in picked]
+    fold_all = folds(len(every))
+    fold_of = [fold_all[i] for i in picked]
     configs = load_configs(args.configs)
     model = httpx.get(f"{args.base}/v1/models", timeout=30).json()["data"][0]["id"]
     api = Api(args.base, model, concurrency=args.concurrency)

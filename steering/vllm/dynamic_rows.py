@@ -70,9 +70,13 @@ class DynamicRows:
                 table[row].zero_()
                 continue
             unit, norm = unit_and_norm(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
-            table[row].copy_(unit.to(table.dtype))
+            table[row].copy_(self._stored(layer, unit).to(table.dtype))
             norms[layer] = norm
         return norms
+
+    def _stored(self, layer: int, unit: torch.Tensor) -> torch.Tensor:
+        """What a table row holds for ``unit`` (the whole unit vector; subclasses may shard it)."""
+        return unit
 
     def set_direction(self, slot: int, digest: str, layers: list[int], data: bytes) -> None:
         """Fill registry slot ``slot`` with the vectors ``data`` (float32 ``[len(layers), H]``)."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +39,7 @@ from steering.heads import ATTN_HEADS, HeadGeometry
 from steering.spec import ResolvedOp
 from steering.vllm import custom_op
 from steering.vllm.custom_op import ALL_SLOTS_ATTR
-from steering.vllm.dynamic_rows import DynamicRows, unit_and_norm
+from steering.vllm.dynamic_rows import DynamicRows
 
 
 def find_o_proj(layer: nn.Module) -> nn.Module | None:
@@ -80,18 +79,8 @@ class HeadRows(DynamicRows):
         super().__init__(tables, base, 0, max_inline, g.num_heads * g.head_dim)
         self.geometry = dict(geometry)
 
-    def _write(self, offset: int, vectors: Mapping[int, np.ndarray]) -> dict[int, float]:
-        norms: dict[int, float] = {}
-        for layer, table in self.tables.items():
-            row = self.base[layer] + offset
-            v = vectors.get(layer)
-            if v is None:
-                table[row].zero_()
-                continue
-            unit, norm = unit_and_norm(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)))
-            table[row].copy_(self.geometry[layer].shard(unit).to(table.dtype))
-            norms[layer] = norm
-        return norms
+    def _stored(self, layer: int, unit: torch.Tensor) -> torch.Tensor:
+        return self.geometry[layer].shard(unit)
 
 
 def split_payload(vectors: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
