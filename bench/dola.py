@@ -11,7 +11,7 @@ one truthsteer engine, in alternating rounds (``--repeats``), median tokens/s of
       read in the same pass; closed steps skip the premature LM heads
 and, for comparison, (d) the same DoLa workload through HF transformers: one batched greedy loop
 (left padding, KV cache, ``output_hidden_states``) with the same maths
-(:func:`steering.contrastive.apply_contrast`). Ratios b/a, c/a, b/d; writes
+(:func:`steering.decoding.contrastive.apply_contrast`). Ratios b/a, c/a, b/d; writes
 bench/results/dola-latest.json.
 """
 
@@ -43,8 +43,8 @@ def hf_dola(model_path: str, prompts: list[str], tokens: int, raw: dict[str, Any
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from steering.contrastive import apply_contrast
-    from steering.decoding_spec import parse_decoding, resolve_decoding
+    from steering.decoding.contrastive import apply_contrast
+    from steering.decoding.spec import parse_decoding, resolve_decoding
 
     tok = AutoTokenizer.from_pretrained(model_path)
     tok.padding_side = "left"

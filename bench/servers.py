@@ -75,7 +75,7 @@ class Server:
     def truthsteer(cls, port: int | None = None, env: dict[str, str] | None = None) -> Server:
         """``truthsteer serve``; ``env``: more ``TRUTHSTEER_*`` settings (model, dtype, ...)."""
         port = port or free_port()
-        return cls.start("truthsteer", [sys.executable, "-m", "steering.cli", "serve"], port,
+        return cls.start("truthsteer", [sys.executable, "-m", "server.cli.main", "serve"], port,
                          {**(env or {}), "TRUTHSTEER_PORT": str(port)})
 
     @classmethod

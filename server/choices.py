@@ -18,7 +18,7 @@ from server.probing import ProbeInfo, summarize
 from server.responses import AbstainResult, Interventions, ProbeSummary
 from server.selective import decide_abstain, interventions
 from server.serving import Piece, Plan
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.spec import ResolvedDecoding
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Every client error is ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status; the
 handlers below turn validation failures, steering-spec errors (``invalid_steering``), decoding-spec
 errors (``invalid_decoding``, also when pydantic rejects the typed ``decoding`` field: same message
-and ``param`` as :func:`steering.decoding_spec.parse_decoding`) and our own :class:`APIError` into
+and ``param`` as :func:`steering.decoding.spec.parse_decoding`) and our own :class:`APIError` into
 that shape, so no client input ever produces a 500.
 """
 
@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from steering.decoding_spec import decoding_error
+from steering.decoding.spec import decoding_error
 from steering.errors import SpecError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from server.responses import Interventions, TokenFlags
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.spec import ResolvedDecoding
 from steering.spec import ResolvedOp
 from steering.vllm.probe_channel import CONTRASTED, STEERED
 

@@ -18,7 +18,7 @@ from steering.models import DEFAULT_MODEL, PACKAGED_MODELS, resolve_model
 from steering.spec import parse_ops, resolve
 from steering.vllm.config import WorkerConfig, digest_files
 
-CONTRASTIVE_LOGITS_PROCESSOR = "steering.vllm.contrastive_lp:ContrastiveLogitsProcessor"
+CONTRASTIVE_LOGITS_PROCESSOR = "steering.decoding.logits_processor:ContrastiveLogitsProcessor"
 DEFAULT_DIRECTIONS = Path(__file__).resolve().parent.parent / "directions"
 
 
@@ -63,7 +63,7 @@ class EngineOptions:
     seed: int = 0
     steering: bool = True  # False: plain vLLM (plugin inert), for baselines
     # echo scoring under ``decoding`` (contrasted prompt logprobs): stash memory num_layers x
-    # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/vllm/stash.py
+    # (max_num_seqs + max_num_batched_tokens) x hidden x dtype bytes, see steering/decoding/stash.py
     prompt_contrast: bool = True
     # the ops' accelerator mode on CPU (every slot every step, no host flags; see custom_op.py)
     all_slots: bool = False

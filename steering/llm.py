@@ -11,7 +11,7 @@ server uses too (:mod:`steering.request`: one builder, one set of rules).
 
 ``decoding`` (contrastive lower-layer decoding, see docs/decoding.md) is likewise one spec for
 every prompt or a list with one (or ``None``) per prompt; a spec is a
-:class:`~steering.decoding_spec.DecodingSpec` or its dict, e.g. ``{"method": "dola"}``.
+:class:`~steering.decoding.spec.DecodingSpec` or its dict, e.g. ``{"method": "dola"}``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from steering.decoding_spec import DecodingSpec, ResolvedDecoding
+from steering.decoding.spec import DecodingSpec, ResolvedDecoding
 from steering.engine import EngineOptions, PreparedEngine, prepare
 from steering.errors import DecodingError, SpecError
 from steering.request import (

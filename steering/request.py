@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from steering.decoding_spec import (
+from steering.decoding.spec import (
     CONTRAST,
     DOLA,
     DecodingSpec,

@@ -12,7 +12,7 @@ methods, doing nothing unless the engine was built with truthsteer's ``additiona
   the capture read it before the pass; after it (before vLLM computes the logits and samples),
   decide the probe gates and send the probe rows of the step.
 * ``_get_prompt_logprobs_dict``: contrasted prompt logprobs of ``decoding`` requests (echo
-  scoring, :mod:`steering.vllm.prompt_contrast`).
+  scoring, :mod:`steering.decoding.prompt_contrast`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def _wrap_load_model(fn: Callable[..., Any]) -> Callable[..., Any]:
         if cfg is not None and getattr(self, "truthsteer", None) is None:
             _log_with_vllm()  # vLLM has configured this process's logging by now
             self.truthsteer = SteeringRuntime.install(self, cfg)
-            from steering.vllm import contrastive_lp
+            from steering.decoding import logits_processor
 
             # after the steering and probe hooks: the stash reads the steered stream
             prompt_rows = int(self.max_num_tokens) if cfg.prompt_contrast else 0
-            self.truthsteer_stash = contrastive_lp.install(self, prompt_rows)
+            self.truthsteer_stash = logits_processor.install(self, prompt_rows)
             if cfg.capture_rows:  # last: reads the steered stream, like the probes
                 from steering.vllm import capture
 
@@ -141,7 +141,7 @@ def _finalize_nothing(self: Any, vllm_config: Any) -> None:
 
 
 def _wrap_prompt_logprobs(fn: Callable[..., Any]) -> Callable[..., Any]:
-    from steering.vllm import prompt_contrast
+    from steering.decoding import prompt_contrast
 
     wrapped = prompt_contrast.wrap(fn)
     setattr(wrapped, _PATCHED, True)

@@ -6,7 +6,7 @@ batch-row order, its token rows (``query_start_loc``), the sequence position of 
 its prompt/generated split, whether it samples a token this step, and its :class:`RequestState`.
 The steering tables (:mod:`~steering.vllm.runtime`), the probe read-out
 (:mod:`~steering.vllm.probe_readout`), the stash of contrastive decoding
-(:mod:`~steering.vllm.stash`, read by the logits processor) and activation capture
+(:mod:`~steering.decoding.stash`, read by the logits processor) and activation capture
 (:mod:`~steering.vllm.capture`) all read this plan; none of them calls another.
 
 Invariants:
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.spec import ResolvedDecoding
 from steering.errors import SpecError
 from steering.request import DECODING, STEERING, RequestContract, from_wire
 from steering.vllm.gates import GateState
@@ -151,7 +151,7 @@ class StepPlanner:
                  probe_column: Callable[[str], int | None] | None = None, decoding: bool = False) -> None:
         """``probe_column``: the probe read-out's column of a probe name (``None``: not loaded);
         without it gated decoding is refused. ``decoding``: contrastive decoding is installed
-        (set by :func:`steering.vllm.contrastive_lp.install`); otherwise ``decoding`` is ignored."""
+        (set by :func:`steering.decoding.logits_processor.install`); otherwise ``decoding`` is ignored."""
         self.num_layers = num_layers
         self.steering = steering
         self.probe_column = probe_column

@@ -35,6 +35,6 @@ class TruthsteerWorkerExtension:
 
     def truthsteer_decoding_stats(self) -> dict[str, Any] | None:
         """Counters of contrastive decoding on this worker (rows contrasted, sparse path in use)."""
-        from steering.vllm.contrastive_lp import stats
+        from steering.decoding.logits_processor import stats
 
         return stats(self.model_runner)

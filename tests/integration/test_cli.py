@@ -18,7 +18,7 @@ def test_cli_generate_in_process_matches_the_multiprocess_engine(steered: Any) -
 
     prompt = "The city of Rome is located in"
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "steering.cli", "generate", "--max-tokens", "12", "--steer", "truth:+6", prompt]
+    cmd = [sys.executable, "-m", "server.cli.main", "generate", "--max-tokens", "12", "--steer", "truth:+6", prompt]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("{")][-1]
@@ -32,7 +32,7 @@ def test_cli_generate_in_process_matches_the_multiprocess_engine(steered: Any) -
 
 
 def test_cli_reports_bad_steering_clearly_before_starting_an_engine() -> None:
-    cmd = [sys.executable, "-m", "steering.cli", "generate", "--steer", "truth+4", "x"]
+    cmd = [sys.executable, "-m", "server.cli.main", "generate", "--steer", "truth+4", "x"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "cannot parse steering shorthand 'truth+4'" in proc.stderr

@@ -1,8 +1,8 @@
-"""The readable reference (tests/support/dola_reference.py) and ``steering.contrastive`` applied to the same
+"""The readable reference (tests/support/dola_reference.py) and ``steering.decoding.contrastive`` applied to the same
 HF forward agree token for token on the default model (HF transformers only, no vLLM engine).
 
 HF transformers >= 4.56 no longer has ``generate(dola_layers=...)`` (moved to the Hub, unavailable
-offline); the unit tests check ``steering.contrastive`` against HF 4.55's DoLa step instead.
+offline); the unit tests check ``steering.decoding.contrastive`` against HF 4.55's DoLa step instead.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from steering.contrastive import apply_contrast
-from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
+from steering.decoding.contrastive import apply_contrast
+from steering.decoding.spec import ResolvedDecoding, parse_decoding, resolve_decoding
 from tests.support import dola_reference
 from tests.support.dola_reference import PROMPTS
 

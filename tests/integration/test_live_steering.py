@@ -64,7 +64,7 @@ def complete(client: Any, steering: list[dict[str, Any]] | None, **extra: Any) -
 
 
 def push(server: str, path: Path, key: str, *more: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "steering.cli", "directions", "push", str(path), "--url", server,
+    return subprocess.run([sys.executable, "-m", "server.cli.main", "directions", "push", str(path), "--url", server,
                            "--key", key, *more], capture_output=True, text=True, timeout=120)
 
 

@@ -5,7 +5,7 @@ helpers only from here, never from one another.
 - ``tiny``: tiny random bundles and Llama models (``INFO``, ``make_bundle``, ``make_tiny_llama``)
 - ``fakes``, ``fault_fakes``: engines and tokenizers behind ``Serving`` for the HTTP layer
 - ``toy``, ``toy_engine``: the vLLM-shaped toy model and an engine that runs the real worker runtime
-- ``contrastive_lp``: batch set-ups for the contrastive logits processor and the stash
+- ``logits_processor``: batch set-ups for the contrastive logits processor and the stash
 - ``hf_dola_455``, ``dola_reference``: HF's DoLa selection (vendored) and a readable greedy reference
 - ``reference``, ``engine_outputs``, ``parity``: HF references and comparisons for the real engine
 - ``procs``, ``serve``: processes and a real server on a free port

@@ -2,7 +2,7 @@
 
 Plain PyTorch, written from the equations of DoLa (Chuang et al. 2023, "DoLa: Decoding by
 Contrasting Layers Improves Factuality in Large Language Models", eqs. 1-4) and HF transformers'
-``_dola_decoding`` (<= 4.55), independently of ``steering.contrastive`` so that the two can check
+``_dola_decoding`` (<= 4.55), independently of ``steering.decoding.contrastive`` so that the two can check
 each other. One step, for one sequence:
 
 * ``q_j = softmax(head(norm(h_j)))`` for each premature layer ``j`` (``h_j = hidden_states[j]``,

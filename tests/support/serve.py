@@ -27,7 +27,7 @@ def running_server(env: dict[str, str], log_path: Path | None = None, timeout_s:
         os.close(fd)
         log_path = Path(name)
     base = f"http://127.0.0.1:{port}"
-    with running_process("server", [sys.executable, "-m", "steering.cli", "serve"], f"{base}/health", log_path,
+    with running_process("server", [sys.executable, "-m", "server.cli.main", "serve"], f"{base}/health", log_path,
                          env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)},
                          timeout_s=timeout_s, poll_s=2, stop_s=60):
         yield base
@@ -43,7 +43,7 @@ def server_process(env: dict[str, str], timeout_s: float = 900) -> Iterator[tupl
     log_path = Path(name)
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "steering.cli", "serve"], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen([sys.executable, "-m", "server.cli.main", "serve"], stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)})
     try:
         deadline = time.monotonic() + timeout_s

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.settings import Settings
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.spec import ResolvedDecoding
 from steering.request import (
     DECODING,
     EXTRA_ARGS_KEY,

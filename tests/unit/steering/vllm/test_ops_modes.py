@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 import torch
 
+from steering.decoding.stash import HiddenStash
 from steering.request import EXTRA_ARGS_KEY
 from steering.spec import ResolvedOp, wire
 from steering.vllm.config import WorkerConfig
 from steering.vllm.custom_op import ALL_SLOTS_ATTR
 from steering.vllm.runtime import SteeringRuntime
-from steering.vllm.stash import HiddenStash
 from tests.support.tiny import make_bundle
 from tests.support.toy import H, Req, ToyModel, fake_runner
 

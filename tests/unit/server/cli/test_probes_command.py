@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from server.cli.main import main
 from steering.bundle import load_bundle
-from steering.cli import main
 from tests.support.tiny import make_tiny_llama
 
 

@@ -3,7 +3,7 @@
 Users write a :class:`DecodingSpec`; at the point of entry :func:`resolve_decoding` checks it
 against the model and turns it into a :class:`ResolvedDecoding` (concrete layer indices, weights
 normalised to sum 1, every default filled in), which travels as plain JSON in
-``SamplingParams.extra_args`` and is what :func:`steering.contrastive.apply_contrast` reads.
+``SamplingParams.extra_args`` and is what :func:`steering.decoding.contrastive.apply_contrast` reads.
 
 Layer indices follow HF transformers' DoLa convention: premature layer ``k`` is the hidden state
 *entering* decoder layer ``k``, i.e. ``hidden_states[k]`` of an HF forward with

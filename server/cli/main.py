@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("directions", help="inspect, import and export direction bundles")
     dsub = d.add_subparsers(dest="directions_cmd", required=True)
     dl = dsub.add_parser("list")
-    dl.add_argument("--dir", default=str(Path(__file__).resolve().parent.parent / "directions"))
+    dl.add_argument("--dir", default=str(Path(__file__).resolve().parents[2] / "directions"))
     dl.set_defaults(func=_directions_list)
     di = dsub.add_parser("import-gguf", help="llama.cpp / repeng control vector -> bundle")
     di.add_argument("file")
@@ -116,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--model", default=None)
     di.add_argument("--out", required=True)
     di.set_defaults(func=_import_gguf)
-    from steering.recommend_cli import add_parser as add_recommend
+    from server.cli.recommend import add_parser as add_recommend
 
     add_recommend(dsub)
-    from steering.push_cli import add_parsers as add_push
+    from server.cli.push import add_parsers as add_push
 
     add_push(dsub)  # push / delete on a running server
     de = dsub.add_parser("export-gguf", help="bundle -> llama.cpp control vector")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("prompt", nargs="+")
     g.add_argument("--steer", action="append", default=[], help="e.g. truth:+4, truth:-2@10-14, truth:ablate")
     g.add_argument("--model", default=None, help=model_help)
-    g.add_argument("--directions", nargs="*", default=[str(Path(__file__).resolve().parent.parent / "directions")])
+    g.add_argument("--directions", nargs="*", default=[str(Path(__file__).resolve().parents[2] / "directions")])
     g.add_argument("--max-tokens", type=int, default=64)
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0)

@@ -2,7 +2,7 @@
 
 vLLM builds it with the model runner (engine kwarg ``logits_processors``), before the model is
 loaded; the plugin's ``load_model`` wrapper then :meth:`~ContrastiveLogitsProcessor.attach`\\ es the
-runner's :class:`~steering.vllm.stash.HiddenStash` and a function mapping hidden states to logits
+runner's :class:`~steering.decoding.stash.HiddenStash` and a function mapping hidden states to logits
 (the model's own final norm and LM head). It is not argmax-invariant, so vLLM applies it to the
 raw float32 logits of every step, greedy or not, before temperature, top-p/top-k and the OpenAI
 penalties. Returned ``logprobs`` stay the model's own (vLLM's default ``raw_logprobs`` are taken
@@ -10,7 +10,7 @@ before any logits processor).
 
 Per step, for the rows that the step plan marked (:attr:`HiddenStash.step_configs`: a config,
 sampling this step, its probe gate open) and that the entropy gate lets through, it computes the premature logits of every (row, layer) pair that is needed in
-one batched LM-head call, and hands everything to :func:`steering.contrastive.apply_contrast`,
+one batched LM-head call, and hands everything to :func:`steering.decoding.contrastive.apply_contrast`,
 so the maths lives in one place. Every other row is left bit for bit as it came.
 
 Per-row state comes from vLLM's ``BatchUpdate``: the prompt and live output token lists (for the
@@ -30,10 +30,10 @@ import torch
 from torch import nn
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from steering.contrastive import apply_contrast, entropy_gate, log_alpha, log_softmax
-from steering.decoding_spec import CONTRAST, ResolvedDecoding
+from steering.decoding.contrastive import apply_contrast, entropy_gate, log_alpha, log_softmax
+from steering.decoding.spec import CONTRAST, ResolvedDecoding
+from steering.decoding.stash import HiddenStash
 from steering.request import DECODING, asks_for
-from steering.vllm.stash import HiddenStash
 
 if TYPE_CHECKING:
     from vllm.config import VllmConfig
@@ -264,7 +264,7 @@ def install(runner: Any, prompt_rows: int = 0) -> HiddenStash | None:
     after the steering and probe hooks, so that the stash reads the steered stream): hooks and
     buffers on every premature layer, and the runner's logits processor attached to them. Does
     nothing when the engine was built without the processor. ``prompt_rows > 0`` (the runner's
-    ``max_num_tokens``) adds the stash rows of echo scoring (:mod:`steering.vllm.prompt_contrast`)."""
+    ``max_num_tokens``) adds the stash rows of echo scoring (:mod:`steering.decoding.prompt_contrast`)."""
     proc = find_processor(runner)
     if proc is None:
         return None

@@ -12,14 +12,14 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from steering.contrastive import apply_contrast
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.contrastive import apply_contrast
+from steering.decoding.logits_processor import premature_logits, sparse_ok
+from steering.decoding.spec import ResolvedDecoding
+from steering.decoding.stash import HiddenStash
 from steering.request import DECODING, EXTRA_ARGS_KEY, decoding_from_wire, from_wire
 from steering.spec import ResolvedOp
-from steering.vllm.contrastive_lp import premature_logits, sparse_ok
 from steering.vllm.runtime import SteeringRuntime
-from steering.vllm.stash import HiddenStash
-from tests.support.contrastive_lp import (
+from tests.support.logits_processor import (
     DOLA,
     FakeStash,
     V,

@@ -16,11 +16,11 @@ import torch
 from vllm.v1.sample.sampler import Sampler
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 
-from steering.contrastive import apply_contrast, log_softmax
-from steering.decoding_spec import ResolvedDecoding
-from steering.vllm import prompt_contrast
-from steering.vllm.stash import HiddenStash, PromptSegment
-from tests.support.contrastive_lp import (
+from steering.decoding import prompt_contrast
+from steering.decoding.contrastive import apply_contrast, log_softmax
+from steering.decoding.spec import ResolvedDecoding
+from steering.decoding.stash import HiddenStash, PromptSegment
+from tests.support.logits_processor import (
     DOLA,
     FakeStash,
     attach,
@@ -118,7 +118,7 @@ def test_stash_prompt_rows_in_a_compiled_graph_see_row_updates() -> None:
 def batched_premature(hidden: dict[int, torch.Tensor], rows: slice | list[int], layers: tuple[int, ...], w: torch.Tensor,
                       scale: torch.Tensor) -> dict[int, torch.Tensor]:
     """The premature layers' logits at ``rows`` from ONE LM-head matmul over all (layer, row) pairs,
-    as :func:`~steering.vllm.contrastive_lp.premature_logits` computes them: a CPU GEMM's rounding
+    as :func:`~steering.decoding.logits_processor.premature_logits` computes them: a CPU GEMM's rounding
     depends on the number of rows in the call (one call per layer differs in the last bit), and
     what is tested here is the contrast, not the GEMM."""
     states = torch.cat([norm_fn(scale)(hidden[k][rows]) for k in layers])

@@ -4,7 +4,7 @@ TruthfulQA-style scoring (completions with ``echo`` + ``logprobs``) reads vLLM's
 which vLLM computes in ``GPUModelRunner._get_prompt_logprobs_dict`` from the final layer only,
 chunk by chunk under chunked prefill. The plugin wraps that method with :func:`wrap`: it calls the
 original, then, for every request with ``decoding`` whose prompt positions the stash captured this
-step (:attr:`~steering.vllm.stash.HiddenStash.prompt_segments`), overwrites the chunk's slice of
+step (:attr:`~steering.decoding.stash.HiddenStash.prompt_segments`), overwrites the chunk's slice of
 the request's ``in_progress_prompt_logprobs_cpu`` (top token ids, logprobs, rank of the prompt
 token) with the teacher-forced contrast, position by position, exactly as DoLa scores answers:
 
@@ -12,13 +12,13 @@ token) with the teacher-forced contrast, position by position, exactly as DoLa s
   as vLLM does), ``log q_j`` from the premature layers' stashed states at ``t`` (the model's own
   final norm and LM head, the functions the logits processor uses);
 * the entropy gate per position (positions below the threshold keep vLLM's values bit for bit);
-* :func:`steering.contrastive.apply_contrast` (DoLa's per-position JSD layer selection, fixed or
+* :func:`steering.decoding.contrastive.apply_contrast` (DoLa's per-position JSD layer selection, fixed or
   fused contrast, plausibility mask with ``alpha``), then ``log_softmax`` over the plausible set:
   tokens outside it get ``-inf`` (the server writes ``-9999.0``, as vLLM's OpenAI server does);
   with ``echo_scores: "contrast"`` the contrast scores themselves, not normalised (DoLa's own
   TruthfulQA-MC scoring).
   Fixed and fused contrasts read the premature LM head at the plausible tokens only
-  (:func:`~steering.vllm.contrastive_lp.sparse_contrast`): its dropped per-position constant
+  (:func:`~steering.decoding.logits_processor.sparse_contrast`): its dropped per-position constant
   cancels in the ``log_softmax``.
 
 No second forward pass: everything is read from the pass that prefilled the prompt. The repetition
@@ -36,9 +36,8 @@ from typing import Any
 
 import torch
 
-from steering.contrastive import apply_contrast, entropy_gate, log_softmax
-from steering.decoding_spec import ECHO_CONTRAST, ResolvedDecoding
-from steering.vllm.contrastive_lp import (
+from steering.decoding.contrastive import apply_contrast, entropy_gate, log_softmax
+from steering.decoding.logits_processor import (
     HeadFn,
     NormFn,
     TokenHeadFn,
@@ -46,7 +45,8 @@ from steering.vllm.contrastive_lp import (
     sparse_contrast,
     sparse_ok,
 )
-from steering.vllm.stash import HiddenStash, PromptSegment
+from steering.decoding.spec import ECHO_CONTRAST, ResolvedDecoding
+from steering.decoding.stash import HiddenStash, PromptSegment
 
 log = logging.getLogger(__name__)
 BLOCK = 32  # prompt positions per batched LM-head call: bounds the [layers, BLOCK, V] temporaries
@@ -104,7 +104,7 @@ def overwrite(runner: Any, stash: HiddenStash, hidden_states: torch.Tensor, rid:
     """Write the contrasted values of ``seg`` into the request's prompt ``LogprobsTensors``
     (``logprob_token_ids``, ``logprobs``, ``selected_token_ranks``, rows ``seg.start ..``).
     Returns the number of positions contrasted."""
-    from steering.vllm.contrastive_lp import find_processor
+    from steering.decoding.logits_processor import find_processor
 
     proc = find_processor(runner)
     if proc is None or proc.norm is None or proc.head is None:

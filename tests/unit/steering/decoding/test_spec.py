@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from steering.decoding_spec import (
+from steering.decoding.spec import (
     DecodingSpec,
     ResolvedDecoding,
     bucket_layers,

@@ -13,16 +13,16 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate
 
-from steering.contrastive import apply_contrast
-from steering.decoding_spec import ResolvedDecoding, parse_decoding, resolve_decoding
+from steering.decoding.contrastive import apply_contrast
+from steering.decoding.logits_processor import ContrastiveLogitsProcessor
+from steering.decoding.spec import ResolvedDecoding, parse_decoding, resolve_decoding
+from steering.decoding.stash import HiddenStash
 from steering.errors import SpecError
 from steering.request import DECODING, EXTRA_ARGS_KEY
 from steering.spec import ResolvedGate, ResolvedOp, wire
-from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor
 from steering.vllm.probe_channel import CONTRASTED, STEERED, StepMessage
 from steering.vllm.probe_readout import folded_probe
 from steering.vllm.runtime import SteeringRuntime
-from steering.vllm.stash import HiddenStash
 from tests.support.tiny import make_bundle
 from tests.support.toy import H, L, Req, ToyModel, fake_runner
 
@@ -61,7 +61,7 @@ class Engine:
         self.sent = Capture()
         self.rt.sender = self.sent  # type: ignore[assignment]
         self.stash = HiddenStash(self.model.layers, H, max_reqs=4, device=torch.device("cpu"), dtype=torch.float32)
-        self.rt.planner.decoding = True  # what contrastive_lp.install does
+        self.rt.planner.decoding = True  # what logits_processor.install does
         g = torch.Generator().manual_seed(11)
         self.w = torch.randn(V, H, generator=g)
         cfg: Any = type("C", (), {"model_config": type("M", (), {"hf_text_config": type("T", (), {

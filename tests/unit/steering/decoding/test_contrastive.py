@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
-from steering.contrastive import (
+from steering.decoding.contrastive import (
     apply_contrast,
     contrast_logits,
     entropy,
@@ -20,7 +20,7 @@ from steering.contrastive import (
     repetition_penalty,
     stack_blocks,
 )
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.spec import ResolvedDecoding
 from tests.support.hf_dola_455 import _dola_select_contrast
 
 INF = math.inf

@@ -19,7 +19,7 @@ the plan decides their gates after the pass (:meth:`~steering.vllm.step_plan.Ste
 dropping the rows whose gate stays closed from ``contrast``, so the logits processor leaves them
 plain. Prompt positions (echo scoring, below) are never gated.
 
-Echo scoring (contrasted prompt logprobs, ``steering/vllm/prompt_contrast.py``): built with
+Echo scoring (contrasted prompt logprobs, ``steering/decoding/prompt_contrast.py``): built with
 ``prompt_rows > 0`` (the runner's ``max_num_tokens``), the buffers have ``max_reqs + prompt_rows``
 rows, and for requests with ``decoding`` *and* ``prompt_logprobs`` the prompt positions whose
 logprobs vLLM computes this step (:attr:`~steering.vllm.step_plan.RowSpan.prompt_logprob_rows`,
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from steering.contrastive import layers_needed
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.contrastive import layers_needed
+from steering.decoding.spec import ResolvedDecoding
 from steering.request import DECODING
 from steering.vllm.custom_op import stash_hook, stash_pre_hook
 from steering.vllm.step_plan import RowSpan, StepPlan

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from steering.decoding_spec import DOLA, ResolvedDecoding
+from steering.decoding.spec import DOLA, ResolvedDecoding
 
 
 def log_softmax(logits: torch.Tensor) -> torch.Tensor:
@@ -173,7 +173,7 @@ def contrast_rows(
 def stack_blocks(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``torch.stack(tensors)``, as a view without a copy when the tensors are consecutive blocks
     of one contiguous buffer (the layers of one batched LM-head call, as
-    :func:`steering.vllm.contrastive_lp.premature_logits` returns them): on CPU the copy of DoLa's
+    :func:`steering.decoding.logits_processor.premature_logits` returns them): on CPU the copy of DoLa's
     8 x 64 x 49k premature logits costs a tenth of the step."""
     first = tensors[0]
     step = first.numel()

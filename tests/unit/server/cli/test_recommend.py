@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from server.cli.main import main
 from steering.bundle import load_bundle, save_bundle
-from steering.cli import main
 from tests.support.tiny import make_bundle
 
 

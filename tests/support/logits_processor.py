@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 
-from steering.decoding_spec import ResolvedDecoding
+from steering.decoding.logits_processor import ContrastiveLogitsProcessor
+from steering.decoding.spec import ResolvedDecoding
 from steering.request import DECODING, EXTRA_ARGS_KEY
 from steering.spec import ResolvedOp, wire
-from steering.vllm.contrastive_lp import ContrastiveLogitsProcessor
 from tests.support.toy import H, L, Req, ToyModel
 
 V = 11
