@@ -5,18 +5,18 @@ or bundles (direction names, layers) happen in ``serving.py`` through ``steering
 ``steering.request``. A request model turns itself into vLLM ``SamplingParams``
 (:meth:`CompletionRequest.to_sampling_params`), carrying the truthsteer contract of
 ``steering/request.py`` in ``extra_args``; ``decoding`` is the typed
-:class:`~steering.decoding_spec.DecodingSpec` (its errors are reported as ``invalid_decoding``).
+:class:`~steering.decoding.spec.DecodingSpec` (its errors are reported as ``invalid_decoding``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steering.bundle import DirectionBundle
-from steering.decoding_spec import DecodingSpec
+from steering.decoding.spec import DecodingSpec
 from steering.request import RequestContract
 from steering.spec import SteeringOp
 
@@ -120,9 +120,29 @@ class _Common(_Req):
             raise ValueError("must be a finite number")
         return v
 
+    prompt_param: ClassVar[str]  # the field that carries the prompt (what prompt errors name)
+
     def logprob_counts(self) -> tuple[int | None, int | None]:
         """``(logprobs, prompt_logprobs)`` as vLLM takes them."""
         raise NotImplementedError
+
+    @property
+    def echo_scoring(self) -> bool:
+        """Echo with logprobs (completions only): the prompt tokens' logprobs are part of the answer."""
+        return False
+
+    @property
+    def n_prompts(self) -> int:
+        """How many prompts the request carries (each gets ``n`` choices)."""
+        raise NotImplementedError
+
+    def prompt_inputs(self, tokenizer: Any) -> list[str | list[int]]:
+        """The prompts as texts or token ids, ready to tokenize (chat: the template applied)."""
+        raise NotImplementedError
+
+    def token_budget(self) -> tuple[str, int | None]:
+        """``(param, requested)``: the field that limits new tokens and its value (``None``: unset)."""
+        return "max_tokens", self.max_tokens
 
     def to_sampling_params(self, max_tokens: int, contract: RequestContract, n: int | None = None,
                            seed: int | None = None) -> Any:
@@ -160,14 +180,22 @@ class CompletionRequest(_Common):
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool = False
 
+    prompt_param: ClassVar[str] = "prompt"
+
     def logprob_counts(self) -> tuple[int | None, int | None]:
         # legacy scoring (echo + logprobs): logprobs of the prompt tokens too
         return self.logprobs, self.logprobs if self.echo and self.logprobs is not None else None
 
     @property
     def echo_scoring(self) -> bool:
-        """Echo with logprobs: the prompt tokens' logprobs are part of the answer."""
         return self.echo and self.logprobs is not None
+
+    @property
+    def n_prompts(self) -> int:
+        return len(prompt_items(self.prompt))
+
+    def prompt_inputs(self, tokenizer: Any) -> list[str | list[int]]:
+        return prompt_items(self.prompt)
 
 
 class ChatCompletionRequest(_Common):
@@ -199,8 +227,33 @@ class ChatCompletionRequest(_Common):
             raise ValueError("top_logprobs requires logprobs: true")
         return self
 
+    prompt_param: ClassVar[str] = "messages"
+
     def logprob_counts(self) -> tuple[int | None, int | None]:
         return ((self.top_logprobs or 0) if self.logprobs else None), None
+
+    @property
+    def n_prompts(self) -> int:
+        return 1
+
+    def prompt_inputs(self, tokenizer: Any) -> list[str | list[int]]:
+        messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()} for m in self.messages]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return [list(tokenizer(text, add_special_tokens=False)["input_ids"])]
+
+    def token_budget(self) -> tuple[str, int | None]:
+        if self.max_completion_tokens:
+            return "max_completion_tokens", self.max_completion_tokens
+        return "max_tokens", self.max_tokens
+
+
+def prompt_items(p: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
+    """The OpenAI ``prompt`` forms as a list of single prompts (text or token ids)."""
+    if isinstance(p, str):
+        return [p]
+    if all(isinstance(x, int) for x in p):
+        return [[int(x) for x in p]]  # type: ignore[arg-type]
+    return list(p)  # type: ignore[arg-type]
 
 
 class ProbeScoreRequest(_Req):

@@ -2,7 +2,9 @@
 
 Raises :class:`~server.errors.APIError` / :class:`~steering.errors.SpecError` for client errors;
 routes stay thin and ``errors.py`` maps everything to OpenAI's error shape. Formatting of the
-OpenAI response objects lives in ``completions.py`` and ``formatting.py``.
+OpenAI response objects lives in ``completions.py`` and ``formatting.py``. Serving never asks
+whether a request is a chat or a completion: the request model says what differs (its prompts,
+its token budget, echo scoring; ``protocol.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from server.probing import ProbeInfo, available_probes, select_probes
 from server.protocol import Abstain, ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from server.settings import Settings
 from server.steering_state import ResolvedSteering, SteeringState
-from steering.decoding_spec import ECHO_LOGPROBS, ResolvedDecoding
+from steering.decoding.spec import ECHO_LOGPROBS, ResolvedDecoding
 from steering.engine import PreparedEngine, prepare
 from steering.inline import InlineLimits
 from steering.request import (
@@ -198,7 +200,7 @@ class Serving:
         if probes and self.receiver is None:
             raise APIError(503, "probe scores are unavailable: the probe channel is not connected",
                            type="service_unavailable", param="probes", code="probes_unavailable")
-        copies = req.n * (1 if isinstance(req, ChatCompletionRequest) else len(_prompt_items(req.prompt)))
+        copies = req.n * req.n_prompts
         return self.steering.resolve(req.steering, copies), probes
 
     @property
@@ -211,8 +213,8 @@ class Serving:
         """The request's ``decoding`` checked against the model and its use (``None``: plain).
         Decoding does not change the KV cache, so it needs no cache salt."""
         decoding = resolve_request_decoding(req.decoding, self.model_facts)
-        if decoding is not None and isinstance(req, CompletionRequest) and req.echo_scoring:
-            # the prompt logprobs are contrasted in the engine (steering/vllm/prompt_contrast.py)
+        if decoding is not None and req.echo_scoring:
+            # the prompt logprobs are contrasted in the engine (steering/decoding/prompt_contrast.py)
             if not self.settings.prompt_contrast:
                 raise bad_request("contrasted prompt logprobs (echo with logprobs under decoding) are disabled on "
                                   "this server (setting prompt_contrast / TRUTHSTEER_PROMPT_CONTRAST); drop echo, "
@@ -225,12 +227,10 @@ class Serving:
 
     def _budget(self, req: Req, n_prompt: int) -> int:
         limit = self.settings.max_model_len
-        chat = isinstance(req, ChatCompletionRequest)
-        requested = (req.max_completion_tokens if chat else None) or req.max_tokens  # type: ignore[union-attr]
-        param = "max_completion_tokens" if chat and req.max_completion_tokens else "max_tokens"  # type: ignore[union-attr]
+        param, requested = req.token_budget()
         if n_prompt >= limit:
             raise bad_request(f"the prompt has {n_prompt} tokens; this model's context is {limit}",
-                              "messages" if chat else "prompt", "context_length_exceeded")
+                              req.prompt_param, "context_length_exceeded")
         if requested is None:
             return min(self.settings.default_max_tokens, limit - n_prompt)
         if n_prompt + requested > limit:
@@ -254,13 +254,7 @@ class Serving:
         return out
 
     def _prompts(self, req: Req, salt: str | None) -> list[TokenizedPrompt]:
-        if isinstance(req, ChatCompletionRequest):
-            messages = [{"role": m.role if m.role != "developer" else "system", "content": m.text()}
-                        for m in req.messages]
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            ids: list[int] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-            return self.tokenize([ids], "messages", salt)
-        return self.tokenize(_prompt_items(req.prompt), "prompt", salt)
+        return self.tokenize(req.prompt_inputs(self.tokenizer), req.prompt_param, salt)
 
     def build(self, req: Req) -> Plan:
         steer, probes = self._validate_common(req)
@@ -372,11 +366,3 @@ class Serving:
             if sink is not None and self.receiver is not None and job.probe_id:
                 self.receiver.unregister(job.probe_id)
 
-
-def _prompt_items(p: str | list[str] | list[int] | list[list[int]]) -> list[str | list[int]]:
-    """The OpenAI ``prompt`` forms as a list of single prompts (text or token ids)."""
-    if isinstance(p, str):
-        return [p]
-    if all(isinstance(x, int) for x in p):
-        return [[int(x) for x in p]]  # type: ignore[arg-type]
-    return list(p)  # type: ignore[arg-type]
