@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from server.errors import APIError, bad_request
 from server.settings import Settings
 from steering.bundle import DirectionBundle, load_bundle
-from steering.errors import BundleError
+from steering.errors import BundleError, field_path
 from steering.model_info import ModelInfo
 
 GGUF_MAGIC = b"GGUF"
@@ -133,7 +133,7 @@ def _load(path: Path, fmt: str, body: DirectionPush, info: ModelInfo, force: boo
         return import_gguf(path, info, str(body.name), recommended_layers=body.recommended_layers)
     except ValidationError as e:
         first = e.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "data"
+        field = field_path(first["loc"]) or "data"
         raise bad_request(f"{field}: {first['msg']}", field if field in ("name", "recommended_layers") else "data",
                           "invalid_bundle") from e
 

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from steering.decoding.spec import decoding_error
-from steering.errors import SpecError
+from steering.errors import SpecError, field_path
 
 
 class APIError(Exception):
@@ -61,19 +61,8 @@ def spec_error(exc: SpecError) -> APIError:
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:
-    parts = [p for p in loc if p not in ("body", "query", "path")]
-    if not parts:
-        return None
-    out = ""
-    for p in parts:
-        if isinstance(p, int):
-            out += f"[{p}]"
-        elif isinstance(p, str) and (p.startswith(("function-", "tagged-union", "constrained-")) or "[" in p
-                                     or p in ("str", "int")):
-            continue  # pydantic union-branch labels, not user-facing fields
-        else:
-            out += f".{p}" if out else str(p)
-    return out or None
+    """A request-validation ``loc`` (``("body", "steering", 0, ...)``) as the ``param`` it names."""
+    return field_path(p for p in loc if p not in ("body", "query", "path")) or None
 
 
 def _respond(req: Request, err: APIError, headers: Mapping[str, str] | None = None) -> JSONResponse:

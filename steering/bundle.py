@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from steering.errors import BundleError
+from steering.errors import BundleError, field_path
 from steering.heads import HEAD_TENSOR_RE, HeadMeta, validate_heads
 from steering.model_info import ModelInfo
 
@@ -334,7 +334,7 @@ def load_bundle(
         meta = BundleMetadata.model_validate(meta_obj)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "metadata"
+        loc = field_path(first["loc"]) or "metadata"
         raise _fail(src, loc, first["msg"]) from e
     vectors: dict[int, torch.Tensor] = {}
     heads: dict[int, torch.Tensor] = {}

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from steering.bundle import DirectionBundle
-from steering.errors import SpecError
+from steering.errors import SpecError, check_layers, field_path
 from steering.heads import ATTN_HEADS, RESIDUAL, head_layers
 from steering.inline import INLINE_NAME, InlineVectors
 from steering.ops import ADD, CLAMP
@@ -234,13 +234,7 @@ def _layers_of(op: SteeringOp, bundle: DirectionBundle, num_layers: int, param: 
         layers = list(range(op.layers.start, op.layers.end))
     else:
         layers = list(op.layers)
-    if not layers:
-        raise SpecError("layers must not be empty", param)
-    if len(set(layers)) != len(layers):
-        raise SpecError(f"layers {layers} contain duplicates", param)
-    out_of_range = [x for x in layers if not 0 <= x < num_layers]
-    if out_of_range:
-        raise SpecError(f"layers {out_of_range} outside the model's [0, {num_layers})", param)
+    check_layers(layers, num_layers, param)
     missing = [x for x in layers if x not in bundle.vectors]
     if missing:
         raise SpecError(
@@ -347,10 +341,10 @@ def _parse(adapter: Any, raw: Any, param: str) -> Any:
         return adapter.validate_python(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in first["loc"])
+        where = field_path(first["loc"], param)
         if _ONE_SOURCE in first["msg"]:  # an op-level check: name the field most writers forgot
-            loc += ".direction"
-        raise SpecError(first["msg"], f"{param}{loc}") from e
+            where += ".direction"
+        raise SpecError(first["msg"], where) from e
 
 
 def parse_ops(raw: Any, param: str = "steering") -> list[SteeringOp]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steering.errors import DecodingError, SpecError
+from steering.errors import DecodingError, SpecError, check_layers, field_path
 from steering.spec import ProbeGate, ResolvedGate, gate_from_wire, resolve_gate
 
 if TYPE_CHECKING:
@@ -173,12 +173,11 @@ def decoding_error(errors: Sequence[Mapping[str, Any]], param: str = "decoding")
     # (``[1.5]`` is a list with a bad element, not a bad bucket name).
     err = max(errors, key=lambda x: len(x["loc"]))
     # Union members appear in ``loc`` as type tags (``list[int]``); keep only the user's path.
-    loc = [x for x in err["loc"] if isinstance(x, int) or not any(c in x for c in "[]'")]
-    suffix = "".join(f"[{x}]" if isinstance(x, int) else f".{x}" for x in loc)
+    where = field_path(err["loc"], param)
     msg = str(err["msg"])
-    if loc == ["premature_layers"]:
+    if where == f"{param}.premature_layers":
         msg = "premature_layers must be 'low', 'high' or a list of layer indices"
-    return DecodingError(msg, f"{param}{suffix}")
+    return DecodingError(msg, where)
 
 
 def bucket_layers(bucket: str, num_layers: int, tie_word_embeddings: bool) -> list[int]:
@@ -209,18 +208,8 @@ def bucket_layers(bucket: str, num_layers: int, tie_word_embeddings: bool) -> li
 
 
 def _explicit_layers(layers: list[int], num_layers: int, param: str) -> tuple[int, ...]:
-    if not layers:
-        raise DecodingError("premature_layers must not be empty", param)
-    if len(set(layers)) != len(layers):
-        raise DecodingError(f"premature_layers {layers} contain duplicates", param)
-    bad = [x for x in layers if not 0 <= x < num_layers]
-    if bad:
-        raise DecodingError(
-            f"premature_layers {bad} outside [0, {num_layers}) (0 = embeddings; {num_layers} is the "
-            "final layer, which is never premature)",
-            param,
-        )
-    return tuple(layers)
+    return check_layers(layers, num_layers, param, "premature_layers", DecodingError, where="",
+                        note=f" (0 = embeddings; {num_layers} is the final layer, which is never premature)")
 
 
 def _weights(raw: list[float] | None, layers: tuple[int, ...], param: str) -> tuple[float, ...]:
