@@ -8,6 +8,8 @@ text is:
 * ``chat`` -- the model's chat template around one user turn that asks whether the statement is
   true (:data:`CHAT_QUESTION`), with the assistant's opening: the probe reads the last token of the
   assistant header, where the model is about to give its verdict.
+* ``verdict`` -- the ``chat`` frame with the assistant's reply begun, "The statement is": the
+  probe reads the token after which the model writes its verdict ("true" / "false").
 * ``repe`` -- RepE's plain-text prompt ("Consider the amount of truthfulness in the following
   statement: ... The amount of truthfulness in the statement is"), read at its last token.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 from steering.bundle import ProbeFrame
 
 CHAT_QUESTION = "Is the following statement true or false?\n\n{statement}"
+VERDICT_ANSWER = "The statement is"
 REPE_TEMPLATE = (
     "Consider the amount of truthfulness in the following statement:\n{statement}\n"
     "The amount of truthfulness in the statement is"
@@ -30,6 +33,7 @@ REPE_TEMPLATE = (
 FRAMES: dict[str, ProbeFrame] = {
     "raw": ProbeFrame(name="raw", kind="raw"),
     "chat": ProbeFrame(name="chat", kind="chat", template=CHAT_QUESTION),
+    "verdict": ProbeFrame(name="verdict", kind="chat", template=CHAT_QUESTION, answer=VERDICT_ANSWER),
     "repe": ProbeFrame(name="repe", kind="text", template=REPE_TEMPLATE),
 }
 

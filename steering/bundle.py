@@ -87,12 +87,21 @@ class Calibration(_Strict):
 class ProbeFrame(_Strict):
     """The text a probe reads a statement in (:mod:`probes.frames`): ``raw`` (the statement),
     ``chat`` (``template`` is a user turn in the model's chat template, with the assistant's
-    opening) or ``text`` (``template`` is the whole text); read at the last token. Training and
-    ``/v1/probes/score`` both frame statements with :meth:`apply`."""
+    opening, then ``answer``: the first words of the assistant's reply, if any) or ``text``
+    (``template`` is the whole text); read at the last token. Training and ``/v1/probes/score``
+    both frame statements with :meth:`apply`."""
 
     name: str
     kind: Literal["raw", "chat", "text"]
     template: str = ""
+    answer: str = Field(default="", description="chat only: the assistant's first words, read at their last token")
+
+    @field_validator("answer")
+    @classmethod
+    def _chat_only(cls, v: str, info: ValidationInfo) -> str:
+        if v and info.data.get("kind") != "chat":
+            raise ValueError("only a chat frame has an answer prefix")
+        return v
 
     @field_validator("template")
     @classmethod
@@ -114,7 +123,7 @@ class ProbeFrame(_Strict):
             )
         except (AttributeError, ValueError) as e:  # no tokenizer, or one without a chat template
             raise BundleError(f"frame {self.name!r} needs a tokenizer with a chat template: {e}") from None
-        return text
+        return text + self.answer
 
 
 class ProbeMeta(_Strict):

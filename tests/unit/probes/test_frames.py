@@ -26,11 +26,15 @@ def test_frames_put_the_statement_where_training_and_serving_read_it() -> None:
     assert FRAMES["raw"].apply(s) == s
     assert FRAMES["chat"].apply(s, ChatTok()) == ("<user>Is the following statement true or false?\n\n"
                                                   "Paris is in France.<assistant>")
+    assert FRAMES["verdict"].apply(s, ChatTok()) == ("<user>Is the following statement true or false?\n\n"
+                                                     "Paris is in France.<assistant>The statement is")
     assert FRAMES["repe"].apply(s).endswith("Paris is in France.\nThe amount of truthfulness in the statement is")
     with pytest.raises(BundleError, match="chat template"):
         FRAMES["chat"].apply(s, object())
     with pytest.raises(ValueError, match="exactly once"):
         ProbeFrame(name="bad", kind="text", template="no placeholder")
+    with pytest.raises(ValueError, match="only a chat frame"):
+        ProbeFrame(name="bad", kind="text", template="{statement}", answer="It is")
     with pytest.raises(ValueError, match="unknown frame"):
         get_frame("nope")
 
