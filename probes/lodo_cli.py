@@ -14,6 +14,7 @@ records its frame, recipe, LODO AUROCs and its in-domain test AUROC.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +55,33 @@ def add_parser(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--max-per-domain", type=int, default=400, help="seeded subsample of whole groups")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--server", default=None, help="extract through a running server's /v1/activations (URL; "
+                   "the model must be the one it serves: its vLLM pass is much faster than HF's on CPU); "
+                   "stored apart from local extraction")
+    p.add_argument("--key", default=None, help="API key for --server")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--bundles", type=Path, default=None, help="write truth and truth-<type> bundles here")
     p.add_argument("--title", default="Truth probes: leave-one-domain-out")
     p.set_defaults(func=run)
+
+
+def extractor(folder: Path | str, fingerprint: str, num_layers: int, dtype: torch.dtype, server: str | None,
+              key: str | None) -> tuple[Any, Any, ActivationStore]:
+    """The model that extracts (local HF, or a running server's ``/v1/activations``), its tokenizer
+    and the activation store (server activations are stored apart: vLLM's pass, not HF's)."""
+    store_key = model_key(fingerprint, dtype)
+    if not server:
+        model, tok = load_hf(folder, dtype)
+        return model, tok, ActivationStore(store_key)
+    from transformers import AutoTokenizer
+
+    from probes.remote import ServerExtractor
+
+    def through_server(m: ServerExtractor, t: Any, texts: Sequence[str], bs: int, progress: bool = False) -> torch.Tensor:
+        return m.last_token(t, texts, bs)
+
+    remote = ServerExtractor(server, key, num_layers)
+    return remote, AutoTokenizer.from_pretrained(str(folder)), ActivationStore(f"{store_key}-server", extract=through_server)
 
 
 def load_domains(names: list[str] | None, cap: int, seed: int) -> dict[str, ds.Dataset]:
@@ -84,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
     folder = resolve_model(args.model)
     info = describe(folder)
     dtype = getattr(torch, args.dtype)
-    model, tok = load_hf(folder, dtype)
-    store = ActivationStore(model_key(info.fingerprint, dtype))
+    model, tok, store = extractor(folder, info.fingerprint, info.num_layers, dtype, args.server, args.key)
     data = load_domains(args.domains.split(",") if args.domains else None, args.max_per_domain, args.seed)
     recipes = args.recipes.split(",")
     results: dict[str, list[Candidate]] = {}
