@@ -58,7 +58,7 @@ def test_mean_reduction_reads_the_text_unframed(client: Any) -> None:
 
 def test_direction_cards_carry_frame_layer_aurocs_and_recommendations(client: Any) -> None:
     card = client.get("/v1/directions").json()["data"][0]
-    assert card["probe_frame"] == {"name": "chat", "kind": "chat", "template": FRAMES["chat"].template}
+    assert card["probe_frame"] == {"name": "chat", "kind": "chat", "template": FRAMES["chat"].template, "answer": ""}
     assert card["recommended_steering"] == [{"direction": "truth", "strength": 2.0, "layers": [1, 2]}]
     assert card["recommended_steering_notes"] == "measured on toy data"
     assert card["metrics"]["recommended.switch_rate"] == 0.25
