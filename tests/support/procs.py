@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,3 +54,18 @@ def running_process(name: str, cmd: Sequence[str], ready_url: str, log_path: Pat
             proc.wait(stop_s)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # whatever of the group is left (engine core, workers)
+
+
+def orphaned_engines(since: float) -> list[Any]:
+    """vLLM engine processes (``VLLM::EngineCore``, ``VLLM::Worker``...) started at or after
+    ``since`` (epoch seconds) whose parent has gone (re-parented to init): what a test leaks when it
+    stops a server or an in-process engine without stopping its engine."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["name", "cmdline", "ppid", "create_time"]):
+        info = p.info
+        label = f"{info['name'] or ''} {' '.join(info['cmdline'] or [])}"
+        if info["ppid"] == 1 and "VLLM" in label and (info["create_time"] or 0) >= since:
+            out.append(p)
+    return out
