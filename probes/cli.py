@@ -140,12 +140,10 @@ class _Ctx:
         # caches of another source or dtype are other files (local float32 keeps the historical keys)
         self.cache_key = self.info.fingerprint + ("-server" if server else "") + ("" if dtype == "float32" else f"-{dtype}")
         if server:
-            from transformers import AutoTokenizer
+            from probes.remote import server_extractor
 
-            from probes.remote import ServerExtractor
-
-            self.tok = AutoTokenizer.from_pretrained(str(folder))
-            self.model: Any = ServerExtractor(server, key, self.info.num_layers)
+            self.model: Any
+            self.model, self.tok = server_extractor(folder, server, key, self.info.num_layers)
         else:
             self.model, self.tok = load_hf(folder, getattr(torch, dtype))
         self.bs = batch_size

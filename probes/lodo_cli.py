@@ -73,15 +73,13 @@ def extractor(folder: Path | str, fingerprint: str, num_layers: int, dtype: torc
     if not server:
         model, tok = load_hf(folder, dtype)
         return model, tok, ActivationStore(store_key)
-    from transformers import AutoTokenizer
-
-    from probes.remote import ServerExtractor
+    from probes.remote import ServerExtractor, server_extractor
 
     def through_server(m: ServerExtractor, t: Any, texts: Sequence[str], bs: int, progress: bool = False) -> torch.Tensor:
         return m.last_token(t, texts, bs)
 
-    remote = ServerExtractor(server, key, num_layers)
-    return remote, AutoTokenizer.from_pretrained(str(folder)), ActivationStore(f"{store_key}-server", extract=through_server)
+    remote, tok = server_extractor(folder, server, key, num_layers)
+    return remote, tok, ActivationStore(f"{store_key}-server", extract=through_server)
 
 
 def load_domains(names: list[str] | None, cap: int, seed: int) -> dict[str, ds.Dataset]:

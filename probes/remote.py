@@ -53,3 +53,11 @@ class ServerExtractor:
                     per_layer.append(np.frombuffer(base64.b64decode(a["data"]), dt).reshape(a["shape"])[0])
                 rows.append(np.stack(per_layer).astype(np.float32))
         return torch.from_numpy(np.stack(rows))
+
+
+def server_extractor(folder: Any, url: str, key: str | None, num_layers: int) -> tuple[ServerExtractor, Any]:
+    """The extractor of a running server that serves the model in ``folder``, and that model's
+    tokenizer (the texts are tokenized here, as the local path does)."""
+    from transformers import AutoTokenizer
+
+    return ServerExtractor(url, key, num_layers), AutoTokenizer.from_pretrained(str(folder))
