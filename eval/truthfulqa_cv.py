@@ -39,8 +39,9 @@ from eval import scoring
 from eval.client import Api
 from eval.data import MCItem, qa_context, truthfulqa
 from probes.biased_belief import Estimate
+from probes.sources import TRUTHFULQA_FOLD_SPLIT
 
-FOLD_SPLIT = 409  # questions 1-409 are fold 1, 410-817 fold 2
+FOLD_SPLIT = TRUTHFULQA_FOLD_SPLIT  # questions 1-409 (of v0/mc_task.jsonl) are fold 1, 410-817 fold 2
 METRICS = ("MC1", "MC2")
 
 
@@ -156,15 +157,48 @@ def markdown(title: str, names: Sequence[str], scores: Mapping[str, Mapping[str,
 
 
 def load_configs(spec: str) -> dict[str, dict[str, Any]]:
-    """``{name: request fields}`` from JSON or ``@FILE``; ``none`` (no fields) is always first."""
+    """``{name: request fields}`` from JSON or ``@FILE``; ``none`` (no fields) is always first. A
+    configuration ``{"by_fold": {"1": fields, "2": fields}}`` sends each fold's questions their own
+    fields: an intervention *trained* on TruthfulQA must be trained on the other fold's questions
+    (e.g. ``truthsteer probes heads --truthfulqa-fold 2`` for fold 1's), so that every score stays
+    held out."""
     given = json.loads(Path(spec[1:]).read_text() if spec.startswith("@") else spec)
     if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
         raise SystemExit("--configs: a JSON object {name: {request fields}}")
+    for name, v in given.items():
+        by = v.get("by_fold")
+        if by is not None and (set(v) != {"by_fold"} or not isinstance(by, dict) or set(by) != {"1", "2"}
+                               or not all(isinstance(f, dict) for f in by.values())):
+            raise SystemExit(f"--configs: {name!r}: by_fold must be the only key, with fields for folds \"1\" and \"2\"")
     return {"none": {}} | {k: v for k, v in given.items() if k != "none"}
 
 
+def fold_fields(extra: dict[str, Any], fold: int) -> dict[str, Any]:
+    """The request fields a configuration sends with a question of ``fold``."""
+    by = extra.get("by_fold")
+    return dict(by[str(fold)]) if by is not None else extra
+
+
+async def scored_by_fold(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], fmt: str, extra: dict[str, Any],
+                         name: str, fold_of: Sequence[int]) -> dict[str, list[float]]:
+    """:func:`per_question` with each fold's own fields (one pass when both folds send the same)."""
+    if "by_fold" not in extra:
+        return await per_question(api, items, ctxs, fmt, extra, name)
+    res: dict[str, list[float]] = {m: [0.0] * len(items) for m in METRICS}
+    for fold in (1, 2):
+        idx = [i for i, f in enumerate(fold_of) if f == fold]
+        if not idx:
+            continue
+        part = await per_question(api, [items[i] for i in idx], [ctxs[i] for i in idx], fmt, fold_fields(extra, fold),
+                                  f"{name}, fold {fold}")
+        for m in METRICS:
+            for i, v in zip(idx, part[m], strict=True):
+                res[m][i] = v
+    return res
+
+
 async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs: dict[str, dict[str, Any]],
-               cache: Path, picked: list[int]) -> dict[str, dict[str, list[float]]]:
+               cache: Path, picked: list[int], fold_of: list[int]) -> dict[str, dict[str, list[float]]]:
     cache.mkdir(parents=True, exist_ok=True)
     out: dict[str, dict[str, list[float]]] = {}
     for name, extra in configs.items():
@@ -174,7 +208,7 @@ async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs
             out[name] = json.loads(path.read_text())["scores"]
             continue
         t0 = time.time()
-        out[name] = await per_question(api, items, ctxs, fmt, extra, name)
+        out[name] = await scored_by_fold(api, items, ctxs, fmt, extra, name, fold_of)
         path.write_text(json.dumps({"config": name, **key, "wall_s": time.time() - t0, "scores": out[name]}))
         print(f"{name}: MC1 {statistics.fmean(out[name]['MC1']):.3f} MC2 {statistics.fmean(out[name]['MC2']):.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
@@ -213,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> dict[str, dict[str, list[float]]]:
         try:
             return await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
-                              args.out / "scores", picked)
+                              args.out / "scores", picked, fold_of)
         finally:
             await api.close()
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from probes import datasets as ds
+from probes import sources
 from probes.actstore import ActivationStore, model_key
 from probes.extract import last_token_head_inputs, load_hf
 from probes.frames import FRAMES, get_frame
@@ -48,6 +49,9 @@ def add_parser(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--val-frac", type=float, default=0.25, help="of the non-test groups")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--truthfulqa-fold", type=int, choices=(1, 2), default=None,
+                   help="keep only the truthfulqa domain's answers to this cross-validation fold's questions "
+                        "(eval.truthfulqa_cv), so that the bundle can be evaluated on the other fold")
     p.add_argument("--name", default="truth-heads")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors bundle")
     p.add_argument("--report", type=Path, default=None, help="write per-head accuracies and the K scores (JSON)")
@@ -66,7 +70,10 @@ def run(args: argparse.Namespace) -> int:
     info = describe(folder)
     dtype = getattr(torch, args.dtype)
     model, tok = load_hf(folder, dtype)
-    data = ds.concat("truth-heads", load_domains(args.domains.split(","), args.max_per_domain, args.seed).values())
+    domains = load_domains(args.domains.split(","), args.max_per_domain, args.seed)
+    if args.truthfulqa_fold and "truthfulqa" in domains:
+        domains["truthfulqa"] = sources.truthfulqa_fold(domains["truthfulqa"], args.truthfulqa_fold)
+    data = ds.concat("truth-heads", domains.values())
     frame = get_frame(args.frame)
     store = ActivationStore(model_key(info.fingerprint, dtype) + "-oproj", extract=last_token_head_inputs)
     acts = store.activations(model, tok, [frame.apply(e.text, tok) for e in data.examples], args.batch_size)
@@ -80,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     metrics = {"heads.k": float(len(fit.selected)), "heads.val_accuracy": val_acc, "heads.test_accuracy": test_acc,
                "heads.best_head_val_accuracy": float(fit.accuracy.max()), "n_train": float(len(train)),
                "n_val": float(len(val)), "n_test": float(len(test))}
-    notes = (f"frame {frame.name}; domains {args.domains}, at most {args.max_per_domain} each; per-head logistic "
+    fold = f" (TruthfulQA fold {args.truthfulqa_fold} questions only)" if args.truthfulqa_fold else ""
+    notes = (f"frame {frame.name}; domains {args.domains}{fold}, at most {args.max_per_domain} each; per-head logistic "
              f"probes C={args.probe_c:g}; K {'chosen on validation' if k is None else 'given'}; vectors sigma * "
              "unit(mean true - mean false) on the training split; strength not tuned")
     bundle = to_bundle(fit, name=args.name, info=info, strength=args.strength,

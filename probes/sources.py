@@ -40,6 +40,7 @@ Any other name that is a path to a ``.csv`` / ``.jsonl`` file is read as a user 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from probes import truthdata
@@ -136,6 +137,25 @@ def truthfulqa(path: Path, name: str = "truthfulqa") -> Dataset:
                 if ans.strip():
                     ex.append(Example(qa_text(q, ans), label, f"tqa:{i}"))
     return Dataset(name, ex, display_path(path), TQA_LICENSE)
+
+
+TRUTHFULQA_FOLD_SPLIT = 409  # two-fold CV by question: the first 409 of v0/mc_task.jsonl are fold 1
+
+
+def truthfulqa_fold(data: Dataset, fold: int, root: Path | None = None) -> Dataset:
+    """The answers in ``data`` (``truthfulqa``'s ``Question: ...\nAnswer: ...`` texts) whose question
+    is in cross-validation fold ``fold``: 1 = the first :data:`TRUTHFULQA_FOLD_SPLIT` questions of
+    ``truthfulqa/v0/mc_task.jsonl`` (the MC file's order, which the CSV's does not follow), 2 = the
+    rest. An intervention trained on one fold is evaluated on the other (eval.truthfulqa_cv)."""
+    if fold not in (1, 2):
+        raise DatasetError(f"TruthfulQA fold must be 1 or 2, not {fold!r}")
+    path = (root or data_root()) / "truthfulqa" / "v0" / "mc_task.jsonl"
+    order = [json.loads(line)["question"].strip() for line in path.read_text().splitlines() if line.strip()]
+    keep = set(order[:TRUTHFULQA_FOLD_SPLIT] if fold == 1 else order[TRUTHFULQA_FOLD_SPLIT:])
+    ex = [e for e in data.examples if e.text.split("\nAnswer:")[0].removeprefix("Question: ") in keep]
+    if not ex:
+        raise DatasetError(f"{data.name}: no answer belongs to a TruthfulQA fold-{fold} question")
+    return Dataset(f"{data.name}_fold{fold}", ex, data.path, data.license, data.truth_type)
 
 
 def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:

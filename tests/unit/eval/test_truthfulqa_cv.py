@@ -59,3 +59,37 @@ def test_per_fold_sample_keeps_file_order_and_both_folds() -> None:
     fold_of = folds(817)
     assert [fold_of[i] for i in picked].count(1) == 150
     assert picked == per_fold_sample(817, 150, seed=3)
+
+
+def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields() -> None:
+    import asyncio
+
+    from eval.client import Scored
+    from eval.data import MCItem
+    from eval.truthfulqa_cv import fold_fields, scored_by_fold
+
+    ok = load_configs('{"ITI": {"by_fold": {"1": {"s": 2}, "2": {"s": 1}}}}')
+    assert fold_fields(ok["ITI"], 1) == {"s": 2} and fold_fields(ok["ITI"], 2) == {"s": 1}
+    assert fold_fields({"s": 3}, 2) == {"s": 3}
+    for bad in ('{"x": {"by_fold": {"1": {}}}}', '{"x": {"by_fold": {"1": {}, "2": {}}, "steering": []}}',
+                '{"x": {"by_fold": {"1": {}, "2": 3}}}'):
+        with pytest.raises(SystemExit, match="'x': by_fold"):
+            load_configs(bad)
+
+    class FakeApi:
+        """Option 'good' scores the fold's field ``s``; 'bad' scores 0 (so MC1 = [s > 0])."""
+
+        def __init__(self) -> None:
+            self.calls: list[tuple[int, dict[str, int]]] = []
+
+        async def score(self, ctx: list[str], cont: list[str], extra: dict[str, int], desc: str = "") -> list[Scored]:
+            self.calls.append((len(ctx), extra))
+            return [Scored([float(extra["s"]) if c == "good" else 0.0]) for c in cont]
+
+    item = MCItem("q", {"good": 1, "bad": 0}, {"good": 1, "bad": 0}, None, (), ())
+    api = FakeApi()
+    fold_of = [2, 1, 2]
+    got = asyncio.run(scored_by_fold(api, [item] * 3, ["c"] * 3, "chat",  # type: ignore[arg-type]
+                                     {"by_fold": {"1": {"s": -1}, "2": {"s": 1}}}, "ITI", fold_of))
+    assert got["MC1"] == [1.0, 0.0, 1.0]  # each question in its own place, scored with its fold's fields
+    assert api.calls == [(2, {"s": -1}), (4, {"s": 1})]  # fold 1's one question, then fold 2's two (2 options each)

@@ -394,3 +394,26 @@ def test_a_domain_name_used_twice_is_an_error(truth_root: Path) -> None:
         sources.truth_domains(truth_root)
     with pytest.raises(ds.DatasetError, match="unknown truth domain 'nope'"):
         sources.truth_domain("nope", truth_root / "elsewhere")
+
+
+def test_truthfulqa_fold_keeps_the_questions_of_one_cv_fold_in_the_mc_files_order(root: Path) -> None:
+    names = [f"filler {i}?" for i in range(sources.TRUTHFULQA_FOLD_SPLIT)]
+    order = [*names[:-1], "Is the moon cheese?", "Do seeds grow in you?"]  # the MC file's order, not the CSV's
+    (root / "truthfulqa" / "v0" / "mc_task.jsonl").write_text("".join(json.dumps({"question": q}) + "\n" for q in order))
+    d = sources.builtin("truthfulqa", root=root)
+    first, second = sources.truthfulqa_fold(d, 1, root), sources.truthfulqa_fold(d, 2, root)
+    assert {e.group for e in first.examples} == {"tqa:1"} and len(first.examples) == 3  # the moon: question 409
+    assert {e.group for e in second.examples} == {"tqa:0"} and len(second.examples) == 3
+    with pytest.raises(ds.DatasetError, match="1 or 2"):
+        sources.truthfulqa_fold(d, 3, root)
+    (root / "truthfulqa" / "v0" / "mc_task.jsonl").write_text(json.dumps({"question": "other?"}) + "\n")
+    with pytest.raises(ds.DatasetError, match="no answer belongs to a TruthfulQA fold-1 question"):
+        sources.truthfulqa_fold(d, 1, root)
+
+
+def test_the_shipped_truthfulqa_splits_into_409_and_408_questions() -> None:
+    d = sources.builtin("truthfulqa")
+    first, second = sources.truthfulqa_fold(d, 1), sources.truthfulqa_fold(d, 2)
+    groups = [{e.group for e in f.examples} for f in (first, second)]
+    assert [len(g) for g in groups] == [409, 408] and not groups[0] & groups[1]
+    assert len(first.examples) + len(second.examples) == len(d.examples)
