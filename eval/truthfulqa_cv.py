@@ -37,7 +37,7 @@ import httpx
 
 from eval import scoring
 from eval.client import Api
-from eval.data import MCItem, qa_context, truthfulqa
+from eval.data import MCItem, neutral_texts, qa_context, truthfulqa
 from probes.biased_belief import Estimate
 from probes.sources import TRUTHFULQA_FOLD_SPLIT
 
@@ -130,20 +130,35 @@ async def per_question(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], f
     return res
 
 
+async def neutral_perplexity(api: Api, configs: Mapping[str, dict[str, Any]], texts: Sequence[str]) -> dict[str, float]:
+    """Each configuration's perplexity on neutral ``texts``, with the fields fold 2's questions get."""
+    out: dict[str, float] = {}
+    for name, extra in configs.items():
+        if texts:
+            got = await api.score([""] * len(texts), list(texts), fold_fields(extra, 2), desc=f"perplexity [{name}]")
+            out[name] = scoring.perplexity([s.logprobs for s in got])
+    return out
+
+
 def slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", name).strip("_")
 
 
 def markdown(title: str, names: Sequence[str], scores: Mapping[str, Mapping[str, Sequence[float]]],
-             fold_of: Sequence[int], cv: Mapping[str, list[FoldResult]]) -> str:
+             fold_of: Sequence[int], cv: Mapping[str, list[FoldResult]], ppl: Mapping[str, float] | None = None) -> str:
+    ppl = ppl or {}
     lines = [f"# {title}\n", "## Every configuration, per fold (mean ± SE)\n",
-             "| config | MC1 fold 1 | MC1 fold 2 | MC2 fold 1 | MC2 fold 2 |", "|---|---|---|---|---|"]
+             "Neutral perplexity: MMLU statements, under the fields fold 2's questions get (the bundle a fold-1 "
+             "choice would ship), relative to none.\n",
+             "| config | MC1 fold 1 | MC1 fold 2 | MC2 fold 1 | MC2 fold 2 | neutral ppl |", "|---|---|---|---|---|---|"]
     for name in names:
         cells = []
         for metric in METRICS:
             for fold in (1, 2):
                 e = mean_se([v for v, f in zip(scores[name][metric], fold_of, strict=True) if f == fold])
                 cells.append(f"{e.value:.3f} ± {e.se:.3f}")
+        base = ppl.get("none")
+        cells.append(f"{ppl[name]:.2f} ({ppl[name] / base - 1:+.1%})" if name in ppl and base else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Cross-validated (chosen on the other fold)\n",
               "| metric | reported fold | chosen | its mean on the choosing fold | none | chosen | gain (paired ± SE) |",
@@ -225,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a seeded sample of N questions from each fold (default: all 817)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--ppl-texts", type=int, default=100,
+                    help="neutral texts (MMLU statements) whose perplexity each configuration reports; 0: none")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -244,21 +261,23 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(args.base, model, concurrency=args.concurrency)
     t0 = time.time()
 
-    async def go() -> dict[str, dict[str, list[float]]]:
+    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
         try:
-            return await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
-                              args.out / "scores", picked, fold_of)
+            scores = await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
+                                args.out / "scores", picked, fold_of)
+            return scores, await neutral_perplexity(api, configs, neutral_texts(args.ppl_texts) if args.ppl_texts else [])
         finally:
             await api.close()
 
-    scores = asyncio.run(go())
+    scores, ppl = asyncio.run(go())
     cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m) for m in METRICS}
     title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format)"
-    report = markdown(title, list(configs), scores, fold_of, cv)
+    report = markdown(title, list(configs), scores, fold_of, cv, ppl)
     (args.out / "truthfulqa_cv.md").write_text(report)
     (args.out / "truthfulqa_cv.json").write_text(json.dumps(
         {"model": model, "format": args.format, "n_questions": len(items), "per_fold": args.per_fold,
-         "seed": args.seed, "questions": picked, "configs": configs,
+         "seed": args.seed, "questions": picked, "configs": configs, "neutral_perplexity": ppl,
+         "ppl_texts": args.ppl_texts,
          "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "machine": machine(),
          "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(report)

@@ -93,3 +93,24 @@ def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields() -> None
                                      {"by_fold": {"1": {"s": -1}, "2": {"s": 1}}}, "ITI", fold_of))
     assert got["MC1"] == [1.0, 0.0, 1.0]  # each question in its own place, scored with its fold's fields
     assert api.calls == [(2, {"s": -1}), (4, {"s": 1})]  # fold 1's one question, then fold 2's two (2 options each)
+
+
+def test_neutral_perplexity_uses_the_fields_fold_2_gets_and_the_report_shows_its_change() -> None:
+    import asyncio
+
+    from eval.client import Scored
+    from eval.truthfulqa_cv import markdown, neutral_perplexity
+
+    class FakeApi:
+        async def score(self, ctx: list[str], cont: list[str], extra: dict[str, float], desc: str = "") -> list[Scored]:
+            return [Scored([-extra.get("nll", 1.0)] * 2) for _ in cont]
+
+    configs = {"none": {}, "ITI": {"by_fold": {"1": {"nll": 9.0}, "2": {"nll": math.log(2.2)}}}}
+    ppl = asyncio.run(neutral_perplexity(FakeApi(), configs, ["a", "b"]))  # type: ignore[arg-type]
+    assert ppl == {"none": pytest.approx(math.e), "ITI": pytest.approx(2.2)}
+    scores = {n: {"MC1": [1.0, 0.0], "MC2": [0.5, 0.5]} for n in configs}
+    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, [1, 2]) for m in ("MC1", "MC2")}
+    table = markdown("t", list(configs), scores, [1, 2], cv, ppl)
+    assert "| none | 1.000 ± 0.000 | 0.000 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 | 2.72 (+0.0%) |" in table
+    assert "| ITI |" in table and "2.20 (-19.1%) |" in table
+    assert asyncio.run(neutral_perplexity(FakeApi(), configs, [])) == {}  # type: ignore[arg-type]
