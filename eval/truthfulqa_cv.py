@@ -82,10 +82,12 @@ def mean_se(values: Sequence[float]) -> Estimate:
 
 
 def cross_validate(scores: Mapping[str, Sequence[float]], fold_of: Sequence[int], baseline: str = "none",
-                   metric: str = "MC1") -> list[FoldResult]:
+                   metric: str = "MC1", eligible: Mapping[int, set[str]] | None = None) -> list[FoldResult]:
     """Two-fold choice by one metric. ``scores`` maps each configuration (the baseline included)
     to its per-question values, in the order of ``fold_of``. Ties go to the configuration listed
-    first, so list the baseline first to prefer doing nothing."""
+    first, so list the baseline first to prefer doing nothing. ``eligible[fold]``, when given, names
+    the configurations that may be reported on ``fold`` (e.g. those within a perplexity budget
+    under that fold's fields); the baseline always may."""
     if baseline not in scores:
         raise ValueError(f"the baseline {baseline!r} has no scores")
     for name, vals in scores.items():
@@ -95,7 +97,9 @@ def cross_validate(scores: Mapping[str, Sequence[float]], fold_of: Sequence[int]
     for fold in (1, 2):
         train = [i for i, f in enumerate(fold_of) if f != fold]
         test = [i for i, f in enumerate(fold_of) if f == fold]
-        means = {name: statistics.fmean(vals[i] for i in train) for name, vals in scores.items()}
+        allowed = None if eligible is None else eligible.get(fold, set()) | {baseline}
+        means = {name: statistics.fmean(vals[i] for i in train) for name, vals in scores.items()
+                 if allowed is None or name in allowed}
         chosen = max(means, key=lambda name: means[name])  # max keeps the first of equal values
         base = [scores[baseline][i] for i in test]
         got = [scores[chosen][i] for i in test]
@@ -130,14 +134,32 @@ async def per_question(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], f
     return res
 
 
-async def neutral_perplexity(api: Api, configs: Mapping[str, dict[str, Any]], texts: Sequence[str]) -> dict[str, float]:
-    """Each configuration's perplexity on neutral ``texts``, with the fields fold 2's questions get."""
-    out: dict[str, float] = {}
+async def neutral_perplexity(api: Api, configs: Mapping[str, dict[str, Any]], texts: Sequence[str]
+                             ) -> dict[str, dict[int, float]]:
+    """Each configuration's perplexity on neutral ``texts`` under the fields each fold's questions
+    get (measured once when both folds get the same)."""
+    out: dict[str, dict[int, float]] = {}
     for name, extra in configs.items():
-        if texts:
-            got = await api.score([""] * len(texts), list(texts), fold_fields(extra, 2), desc=f"perplexity [{name}]")
-            out[name] = scoring.perplexity([s.logprobs for s in got])
+        if not texts:
+            continue
+        out[name] = {}
+        for fold in (1, 2):
+            fields = fold_fields(extra, fold)
+            if fold == 2 and fields == fold_fields(extra, 1):
+                out[name][2] = out[name][1]
+                continue
+            got = await api.score([""] * len(texts), list(texts), fields, desc=f"perplexity [{name}, fold {fold}]")
+            out[name][fold] = scoring.perplexity([s.logprobs for s in got])
     return out
+
+
+def within_budget(ppl: Mapping[str, Mapping[int, float]], max_rise: float | None, baseline: str = "none"
+                  ) -> dict[int, set[str]] | None:
+    """Per fold, the configurations whose neutral perplexity under that fold's fields is at most
+    ``(1 + max_rise)`` times the baseline's (None: no budget, or no perplexities)."""
+    if max_rise is None or baseline not in ppl:
+        return None
+    return {fold: {n for n, p in ppl.items() if p[fold] <= (1 + max_rise) * ppl[baseline][fold]} for fold in (1, 2)}
 
 
 def slug(name: str) -> str:
@@ -145,20 +167,22 @@ def slug(name: str) -> str:
 
 
 def markdown(title: str, names: Sequence[str], scores: Mapping[str, Mapping[str, Sequence[float]]],
-             fold_of: Sequence[int], cv: Mapping[str, list[FoldResult]], ppl: Mapping[str, float] | None = None) -> str:
+             fold_of: Sequence[int], cv: Mapping[str, list[FoldResult]],
+             ppl: Mapping[str, Mapping[int, float]] | None = None) -> str:
     ppl = ppl or {}
     lines = [f"# {title}\n", "## Every configuration, per fold (mean ± SE)\n",
-             "Neutral perplexity: MMLU statements, under the fields fold 2's questions get (the bundle a fold-1 "
-             "choice would ship), relative to none.\n",
-             "| config | MC1 fold 1 | MC1 fold 2 | MC2 fold 1 | MC2 fold 2 | neutral ppl |", "|---|---|---|---|---|---|"]
+             "Neutral perplexity: MMLU statements, under the fields each fold's questions get, relative to none.\n",
+             "| config | MC1 fold 1 | MC1 fold 2 | MC2 fold 1 | MC2 fold 2 | neutral ppl fold 1 | neutral ppl fold 2 |",
+             "|---|---|---|---|---|---|---|"]
     for name in names:
         cells = []
         for metric in METRICS:
             for fold in (1, 2):
                 e = mean_se([v for v, f in zip(scores[name][metric], fold_of, strict=True) if f == fold])
                 cells.append(f"{e.value:.3f} ± {e.se:.3f}")
-        base = ppl.get("none")
-        cells.append(f"{ppl[name]:.2f} ({ppl[name] / base - 1:+.1%})" if name in ppl and base else "-")
+        for fold in (1, 2):
+            p, base = ppl.get(name, {}).get(fold), ppl.get("none", {}).get(fold)
+            cells.append(f"{p:.2f} ({p / base - 1:+.1%})" if p and base else "-")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Cross-validated (chosen on the other fold)\n",
               "| metric | reported fold | chosen | its mean on the choosing fold | none | chosen | gain (paired ± SE) |",
@@ -242,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--ppl-texts", type=int, default=100,
                     help="neutral texts (MMLU statements) whose perplexity each configuration reports; 0: none")
+    ap.add_argument("--max-ppl-rise", type=float, default=None,
+                    help="only configurations within this relative neutral-perplexity rise (e.g. 0.1) may be chosen "
+                         "for a fold (measured under that fold's fields; needs --ppl-texts)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
@@ -261,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(args.base, model, concurrency=args.concurrency)
     t0 = time.time()
 
-    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, float]]:
+    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]]]:
         try:
             scores = await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
                                 args.out / "scores", picked, fold_of)
@@ -270,14 +297,16 @@ def main(argv: list[str] | None = None) -> int:
             await api.close()
 
     scores, ppl = asyncio.run(go())
-    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m) for m in METRICS}
-    title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format)"
+    eligible = within_budget(ppl, args.max_ppl_rise)
+    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m, eligible=eligible) for m in METRICS}
+    budget = "" if eligible is None else f", choices within +{args.max_ppl_rise:.0%} neutral perplexity"
+    title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format{budget})"
     report = markdown(title, list(configs), scores, fold_of, cv, ppl)
     (args.out / "truthfulqa_cv.md").write_text(report)
     (args.out / "truthfulqa_cv.json").write_text(json.dumps(
         {"model": model, "format": args.format, "n_questions": len(items), "per_fold": args.per_fold,
          "seed": args.seed, "questions": picked, "configs": configs, "neutral_perplexity": ppl,
-         "ppl_texts": args.ppl_texts,
+         "ppl_texts": args.ppl_texts, "max_ppl_rise": args.max_ppl_rise,
          "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "machine": machine(),
          "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(report)

@@ -95,22 +95,37 @@ def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields() -> None
     assert api.calls == [(2, {"s": -1}), (4, {"s": 1})]  # fold 1's one question, then fold 2's two (2 options each)
 
 
-def test_neutral_perplexity_uses_the_fields_fold_2_gets_and_the_report_shows_its_change() -> None:
+def test_neutral_perplexity_per_fold_and_the_budget_limits_each_folds_choice() -> None:
     import asyncio
 
     from eval.client import Scored
-    from eval.truthfulqa_cv import markdown, neutral_perplexity
+    from eval.truthfulqa_cv import markdown, neutral_perplexity, within_budget
 
     class FakeApi:
+        def __init__(self) -> None:
+            self.calls = 0
+
         async def score(self, ctx: list[str], cont: list[str], extra: dict[str, float], desc: str = "") -> list[Scored]:
+            self.calls += 1
             return [Scored([-extra.get("nll", 1.0)] * 2) for _ in cont]
 
-    configs = {"none": {}, "ITI": {"by_fold": {"1": {"nll": 9.0}, "2": {"nll": math.log(2.2)}}}}
-    ppl = asyncio.run(neutral_perplexity(FakeApi(), configs, ["a", "b"]))  # type: ignore[arg-type]
-    assert ppl == {"none": pytest.approx(math.e), "ITI": pytest.approx(2.2)}
-    scores = {n: {"MC1": [1.0, 0.0], "MC2": [0.5, 0.5]} for n in configs}
-    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, [1, 2]) for m in ("MC1", "MC2")}
-    table = markdown("t", list(configs), scores, [1, 2], cv, ppl)
-    assert "| none | 1.000 ± 0.000 | 0.000 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 | 2.72 (+0.0%) |" in table
-    assert "| ITI |" in table and "2.20 (-19.1%) |" in table
+    configs = {"none": {}, "ITI": {"by_fold": {"1": {"nll": 9.0}, "2": {"nll": math.log(2.2 * math.e)}}}}
+    api = FakeApi()
+    ppl = asyncio.run(neutral_perplexity(api, configs, ["a", "b"]))  # type: ignore[arg-type]
+    assert ppl["none"] == {1: pytest.approx(math.e), 2: pytest.approx(math.e)} and api.calls == 3  # none: one pass
+    assert ppl["ITI"] == {1: pytest.approx(math.exp(9.0)), 2: pytest.approx(2.2 * math.e)}
+    assert within_budget(ppl, None) is None
+    assert within_budget(ppl, 0.1) == {1: {"none"}, 2: {"none"}}
+    assert within_budget(ppl, 1.5) == {1: {"none"}, 2: {"none", "ITI"}}
+    scores = {"none": [0.0, 0.0, 0.0, 0.0], "ITI": [1.0, 1.0, 1.0, 1.0]}
+    fold_of = [1, 1, 2, 2]
+    free = cross_validate(scores, fold_of)
+    assert [r.chosen for r in free] == ["ITI", "ITI"]
+    limited = cross_validate(scores, fold_of, eligible=within_budget(ppl, 1.5))
+    assert [r.chosen for r in limited] == ["none", "ITI"]  # fold 1's ITI fields are over budget
+    assert limited[0].gain.value == 0.0 and limited[1].gain.value == 1.0
+    mc = {n: {"MC1": v, "MC2": v} for n, v in scores.items()}
+    table = markdown("t", list(configs), mc, fold_of, {"MC1": limited}, ppl)
+    assert "| none | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | 2.72 (+0.0%) | 2.72 (+0.0%) |" in table
+    assert "| ITI |" in table and "| 8103.08 (+297995.8%) | 5.98 (+120.0%) |" in table
     assert asyncio.run(neutral_perplexity(FakeApi(), configs, [])) == {}  # type: ignore[arg-type]
