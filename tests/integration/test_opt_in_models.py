@@ -55,14 +55,26 @@ def _shipped(alias: str) -> set[str]:
     return {p.stem for p in (DEFAULT_DIRECTIONS / alias).glob("*.safetensors")}
 
 
+def _with_probe(alias: str) -> set[str]:
+    """The shipped bundles that carry a probe (head-only ITI bundles steer, but score nothing)."""
+    from steering.bundle import load_directory
+
+    return {n for n, b in load_directory(DEFAULT_DIRECTIONS / alias).items() if b.meta.probe is not None}
+
+
 def test_the_models_own_bundles_are_served(served: tuple[str, str]) -> None:
     alias, base = served
     r = httpx.get(f"{base}/v1/directions", headers=_auth())
     assert r.status_code == 200, r.text
     cards = {d["name"]: d for d in r.json()["data"]}
     assert set(cards) == _shipped(alias)  # never the default model's bundles
-    for card in cards.values():
-        assert card["probe_layer"] is not None and card["metrics"]["heldout_auroc"] > 0.5
+    probed = _with_probe(alias)
+    assert probed
+    for name, card in cards.items():
+        if name in probed:
+            assert card["probe_layer"] is not None and card["metrics"]["heldout_auroc"] > 0.5
+        else:  # a head-only bundle: its heads, and what they were measured to do
+            assert card["probe_layer"] is None and card["heads"]["selected"], name
 
 
 def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> None:
@@ -86,7 +98,9 @@ def test_server_probe_scores_equal_the_extractors(served: tuple[str, str]) -> No
     bundles = load_directory(DEFAULT_DIRECTIONS / alias)
     assert set(bundles) == _shipped(alias)
     for name, b in bundles.items():
-        assert b.meta.probe is not None
+        if b.meta.probe is None:
+            assert name not in got[0]["scores"]
+            continue
         frame = b.meta.probe.frame  # a probe trained inside a frame is scored inside it
         framed = [frame.apply(t, tok) for t in texts] if frame is not None else texts
         acts = last_token_activations(model, tok, framed, batch_size=2, progress=False)
@@ -107,7 +121,7 @@ def test_steering_changes_greedy_output_and_strength_zero_does_not(client: Any, 
 
 
 def test_stream_carries_one_score_per_token_for_every_probe(client: Any, served: tuple[str, str]) -> None:
-    names = sorted(_shipped(served[0]))
+    names = sorted(_with_probe(served[0]))
     stream = client.chat.completions.create(
         model=SERVED, messages=[{"role": "user", "content": "Is the Earth flat? Answer in one sentence."}],
         max_tokens=8, temperature=0, stream=True, stream_options={"include_usage": True},
