@@ -28,6 +28,7 @@ def _reap(since: float, where: str) -> None:
     for p in leaked:
         with contextlib.suppress(psutil.Error):
             p.kill()
+    psutil.wait_procs(leaked, timeout=10)
     if leaked:
         warnings.warn(f"{where}: killed {len(leaked)} orphaned vLLM engine process(es) "
                       f"{[(p.pid, p.info['name']) for p in leaked]}", stacklevel=1)

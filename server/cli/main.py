@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -87,7 +88,24 @@ def _serve(args: argparse.Namespace) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info",
                             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s / 2)))
     graceful_server(config, app.state.lifecycle).run()
+    stop_children()
     return int(app.state.lifecycle.exit_code)  # 1 after an engine death, so that supervisors restart it
+
+
+def stop_children(grace_s: float = 10.0) -> None:
+    """Stop whatever engine processes outlive the server's shutdown. After an engine death (a worker
+    killed, e.g. by the OOM killer) vLLM's engine core can stay up; re-parented to init it would hold
+    its memory after the server exits. Terminate, then kill after ``grace_s``."""
+    import psutil
+
+    kids = psutil.Process().children(recursive=True)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.terminate()
+    _gone, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
 
 
 def build_parser() -> argparse.ArgumentParser:

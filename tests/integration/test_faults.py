@@ -58,6 +58,9 @@ def test_engine_death_errors_every_request_then_the_process_exits_1() -> None:
         lines = _stream_lines(base, LONG)
         first = json.loads(next(lines))
         assert first["choices"][0]["text"]
+        import psutil
+
+        engine = psutil.Process(proc.pid).children(recursive=True)
         _worker(proc.pid).kill()  # SIGKILL, as the OOM killer would
         rest = list(lines)
         assert json.loads(rest[-1])["error"]["code"] == "engine_dead" and "[DONE]" not in rest
@@ -71,6 +74,7 @@ def test_engine_death_errors_every_request_then_the_process_exits_1() -> None:
         metrics = httpx.get(f"{base}/metrics", timeout=10).text
         assert "truthsteer_engine_dead 1.0" in metrics
         assert _wait_exit(proc, 60) == 1, log.read_text()[-3000:]
+        assert not [p for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]  # no engine outlives it
 
 
 def test_sigterm_drains_a_stream_in_flight_then_exits_0() -> None:

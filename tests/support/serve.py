@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -43,8 +44,10 @@ def server_process(env: dict[str, str], timeout_s: float = 900) -> Iterator[tupl
     log_path = Path(name)
     base = f"http://127.0.0.1:{port}"
     with log_path.open("w") as log:
+        # its own process group, so that killing it also kills its engine (SIGKILL to the server alone
+        # leaves the engine core running, re-parented to init)
         proc = subprocess.Popen([sys.executable, "-m", "server.cli.main", "serve"], stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)})
+                                env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)}, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout_s
         while not _ready(f"{base}/health"):
@@ -53,9 +56,30 @@ def server_process(env: dict[str, str], timeout_s: float = 900) -> Iterator[tupl
             time.sleep(2)
         yield base, proc, log_path
     finally:
-        if proc.poll() is None:
+        _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server stops its engine), SIGKILL after 60 s; then every process it started
+    that is still up (vLLM's engine core may leave the server's process group)."""
+    import psutil
+
+    kids: list[psutil.Process] = []
+    if proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            kids = psutil.Process(proc.pid).children(recursive=True)
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for k in kids:
+        with contextlib.suppress(psutil.Error):
+            k.kill()
+    psutil.wait_procs(kids, timeout=10)
 
 
 def _ready(url: str) -> bool:
