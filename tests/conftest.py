@@ -15,7 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-
 def _reap(since: float, where: str) -> None:
     """Kill the vLLM engine processes started since ``since`` that outlived their parent (gigabytes
     each: back-to-back runs would pile them up until the OOM killer stops a later engine), and say
