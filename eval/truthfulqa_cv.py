@@ -1,7 +1,8 @@
 """TruthfulQA v0 MC1/MC2 with two-fold cross-validation by question, through the API (issue 22).
 
-Every candidate configuration scores all 817 questions once (per-question MC1 and MC2, cached per
-configuration in ``OUT/scores/<config>.json``, so a rerun only computes what is missing); the
+Every candidate configuration scores all 817 questions once (per-question MC1 and MC2, cached in
+``OUT/scores/`` by the fields each question is sent (:mod:`eval.score_cache`), so a rerun, a larger
+sample or a configuration sharing a fold's fields computes only what is missing); the
 choice is then pure arithmetic (:func:`cross_validate`): on each fold the configuration with the
 best mean on the *other* fold is chosen, and only its score on the reported fold counts. Fold 1
 is questions 1-409 of the v0 file order, fold 2 questions 410-817. The gain over no intervention
@@ -38,6 +39,7 @@ import httpx
 from eval import scoring
 from eval.client import Api
 from eval.data import MCItem, neutral_texts, qa_context, truthfulqa
+from eval.score_cache import ScoreCache
 from probes.biased_belief import Estimate
 from probes.sources import TRUTHFULQA_FOLD_SPLIT
 
@@ -219,36 +221,34 @@ def fold_fields(extra: dict[str, Any], fold: int) -> dict[str, Any]:
 
 
 async def scored_by_fold(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], fmt: str, extra: dict[str, Any],
-                         name: str, fold_of: Sequence[int]) -> dict[str, list[float]]:
-    """:func:`per_question` with each fold's own fields (one pass when both folds send the same)."""
-    if "by_fold" not in extra:
-        return await per_question(api, items, ctxs, fmt, extra, name)
+                         name: str, fold_of: Sequence[int], qids: Sequence[int], cache: ScoreCache,
+                         chunk: int = 100) -> dict[str, list[float]]:
+    """:func:`per_question` with each fold's own fields, in the order of ``items``; scores come
+    from ``cache`` (by the question's file index ``qids[i]``) and only missing questions are
+    computed, ``chunk`` questions at a time, each chunk written before the next."""
     res: dict[str, list[float]] = {m: [0.0] * len(items) for m in METRICS}
     for fold in (1, 2):
+        fields = fold_fields(extra, fold)
         idx = [i for i, f in enumerate(fold_of) if f == fold]
-        if not idx:
-            continue
-        part = await per_question(api, [items[i] for i in idx], [ctxs[i] for i in idx], fmt, fold_fields(extra, fold),
-                                  f"{name}, fold {fold}")
-        for m in METRICS:
-            for i, v in zip(idx, part[m], strict=True):
-                res[m][i] = v
+        have = cache.get(fields)
+        todo = [i for i in idx if qids[i] not in have]
+        for at in range(0, len(todo), chunk):
+            part = todo[at:at + chunk]
+            got = await per_question(api, [items[i] for i in part], [ctxs[i] for i in part], fmt, fields,
+                                     f"{name}, fold {fold}, {at + len(part)}/{len(todo)}")
+            have = cache.put(fields, {qids[i]: {m: got[m][j] for m in METRICS} for j, i in enumerate(part)})
+        for i in idx:
+            for m in METRICS:
+                res[m][i] = have[qids[i]][m]
     return res
 
 
 async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs: dict[str, dict[str, Any]],
-               cache: Path, picked: list[int], fold_of: list[int]) -> dict[str, dict[str, list[float]]]:
-    cache.mkdir(parents=True, exist_ok=True)
+               cache: ScoreCache, picked: list[int], fold_of: list[int]) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {}
     for name, extra in configs.items():
-        path = cache / f"{slug(name)}.json"
-        key = {"extra": extra, "format": fmt, "questions": picked}
-        if path.exists() and {k: json.loads(path.read_text()).get(k) for k in key} == key:
-            out[name] = json.loads(path.read_text())["scores"]
-            continue
         t0 = time.time()
-        out[name] = await scored_by_fold(api, items, ctxs, fmt, extra, name, fold_of)
-        path.write_text(json.dumps({"config": name, **key, "wall_s": time.time() - t0, "scores": out[name]}))
+        out[name] = await scored_by_fold(api, items, ctxs, fmt, extra, name, fold_of, picked, cache)
         print(f"{name}: MC1 {statistics.fmean(out[name]['MC1']):.3f} MC2 {statistics.fmean(out[name]['MC2']):.3f} "
               f"({time.time() - t0:.0f} s)", flush=True)
     return out
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]]]:
         try:
             scores = await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
-                                args.out / "scores", picked, fold_of)
+                                ScoreCache(args.out / "scores", model, args.format), picked, fold_of)
             return scores, await neutral_perplexity(api, configs, neutral_texts(args.ppl_texts) if args.ppl_texts else [])
         finally:
             await api.close()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from eval.truthfulqa_cv import cross_validate, folds, load_configs, mean_se, slug
+from eval.truthfulqa_cv import cross_validate, folds, load_configs, mean_se
 
 
 def test_folds_split_the_v0_questions_at_409() -> None:
@@ -47,7 +48,6 @@ def test_mean_se_and_config_helpers() -> None:
     e = mean_se([1.0, 0.0, 1.0, 0.0])
     assert (e.value, e.n) == (0.5, 4) and e.se == pytest.approx(math.sqrt(1 / 3) / 2)
     assert list(load_configs('{"DoLa": {"decoding": {"method": "dola"}}, "none": {"x": 1}}')) == ["none", "DoLa"]
-    assert slug("truth +4 @17-19") == "truth_+4_17-19"
 
 
 def test_per_fold_sample_keeps_file_order_and_both_folds() -> None:
@@ -61,11 +61,12 @@ def test_per_fold_sample_keeps_file_order_and_both_folds() -> None:
     assert picked == per_fold_sample(817, 150, seed=3)
 
 
-def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields() -> None:
+def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields(tmp_path: Path) -> None:
     import asyncio
 
     from eval.client import Scored
     from eval.data import MCItem
+    from eval.score_cache import ScoreCache
     from eval.truthfulqa_cv import fold_fields, scored_by_fold
 
     ok = load_configs('{"ITI": {"by_fold": {"1": {"s": 2}, "2": {"s": 1}}}}')
@@ -88,11 +89,41 @@ def test_by_fold_configs_are_checked_and_send_each_fold_its_own_fields() -> None
 
     item = MCItem("q", {"good": 1, "bad": 0}, {"good": 1, "bad": 0}, None, (), ())
     api = FakeApi()
+    cache = ScoreCache(tmp_path, "m", "chat")
     fold_of = [2, 1, 2]
+    by_fold = {"by_fold": {"1": {"s": -1}, "2": {"s": 1}}}
     got = asyncio.run(scored_by_fold(api, [item] * 3, ["c"] * 3, "chat",  # type: ignore[arg-type]
-                                     {"by_fold": {"1": {"s": -1}, "2": {"s": 1}}}, "ITI", fold_of))
+                                     by_fold, "ITI", fold_of, [500, 7, 600], cache))
     assert got["MC1"] == [1.0, 0.0, 1.0]  # each question in its own place, scored with its fold's fields
     assert api.calls == [(2, {"s": -1}), (4, {"s": 1})]  # fold 1's one question, then fold 2's two (2 options each)
+
+    # a larger sample computes only its new questions; another configuration sending fold 2 the
+    # same fields reuses fold 2's scores; chunks are scored (and written) one at a time
+    api.calls.clear()
+    got = asyncio.run(scored_by_fold(api, [item] * 4, ["c"] * 4, "chat",  # type: ignore[arg-type]
+                                     {"by_fold": {"1": {"s": 3}, "2": {"s": 1}}}, "K", [1, 2, 2, 2],
+                                     [8, 500, 600, 700], cache, chunk=1))
+    assert got["MC1"] == [1.0, 1.0, 1.0, 1.0]
+    assert api.calls == [(2, {"s": 3}), (2, {"s": 1})]  # question 8 under s=3, then only question 700
+    assert sorted(cache.get({"s": 1})) == [500, 600, 700] and sorted(cache.get({"s": -1})) == [7]
+
+
+def test_score_cache_keys_by_model_format_and_fields(tmp_path: Path) -> None:
+    from eval.score_cache import ScoreCache
+
+    cache = ScoreCache(tmp_path, "qwen", "chat")
+    assert cache.get({"s": 1}) == {}
+    assert cache.put({"s": 1}, {3: {"MC1": 1.0}}) == {3: {"MC1": 1.0}}
+    assert cache.put({"s": 1}, {1: {"MC1": 0.0}, 3: {"MC1": 0.5}}) == {1: {"MC1": 0.0}, 3: {"MC1": 0.5}}
+    assert ScoreCache(tmp_path, "qwen", "chat").get({"s": 1}) == {1: {"MC1": 0.0}, 3: {"MC1": 0.5}}
+    for other in (ScoreCache(tmp_path, "smol", "chat"), ScoreCache(tmp_path, "qwen", "primer")):
+        assert other.get({"s": 1}) == {}
+    assert cache.get({"s": 2}) == {} and cache.get({}) == {}
+    assert not list(tmp_path.glob("*.tmp"))
+    # a file whose stored key differs from the one asked for is refused, never read as scores
+    cache.path({"s": 2}).write_text(cache.path({"s": 1}).read_text())
+    with pytest.raises(ValueError, match="stored for"):
+        cache.get({"s": 2})
 
 
 def test_neutral_perplexity_per_fold_and_the_budget_limits_each_folds_choice() -> None:
