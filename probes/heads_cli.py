@@ -65,13 +65,21 @@ def splits(groups: list[str], test_frac: float, val_frac: float, seed: int) -> t
     return [rest[i] for i in tr], [rest[i] for i in va], test
 
 
+def check(args: argparse.Namespace) -> None:
+    """Refuse flag combinations that would silently train something else than asked."""
+    if args.truthfulqa_fold and "truthfulqa" not in args.domains.split(","):
+        raise SystemExit(f"--truthfulqa-fold {args.truthfulqa_fold}: needs the truthfulqa domain in --domains "
+                         f"(got {args.domains!r})")
+
+
 def run(args: argparse.Namespace) -> int:
+    check(args)
     folder = resolve_model(args.model)
     info = describe(folder)
     dtype = getattr(torch, args.dtype)
     model, tok = load_hf(folder, dtype)
     domains = load_domains(args.domains.split(","), args.max_per_domain, args.seed)
-    if args.truthfulqa_fold and "truthfulqa" in domains:
+    if args.truthfulqa_fold:
         domains["truthfulqa"] = sources.truthfulqa_fold(domains["truthfulqa"], args.truthfulqa_fold)
     data = ds.concat("truth-heads", domains.values())
     frame = get_frame(args.frame)

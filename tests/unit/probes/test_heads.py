@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
+import pytest
 import torch
 
 from probes.extract import last_token_head_inputs
 from probes.heads import fit_heads, mass_mean, to_bundle, top_heads
-from probes.heads_cli import splits
+from probes.heads_cli import check, splits
 from steering.bundle import DirectionBundle
 from steering.model_info import ModelInfo
 
@@ -83,3 +86,10 @@ def test_hf_extraction_reads_o_proj_inputs_at_the_last_token() -> None:
         for h in hs:
             h.remove()
         torch.testing.assert_close(got[i], torch.stack([s[0, -1] for s in seen]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_truthfulqa_fold_without_the_truthfulqa_domain_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--truthfulqa-fold 2: needs the truthfulqa domain"):
+        check(argparse.Namespace(truthfulqa_fold=2, domains="cities,mmlu"))
+    check(argparse.Namespace(truthfulqa_fold=1, domains="cities,truthfulqa"))
+    check(argparse.Namespace(truthfulqa_fold=None, domains="cities"))
