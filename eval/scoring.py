@@ -10,11 +10,14 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sklearn.metrics import roc_auc_score
+
+from probes.biased_belief import Estimate
 
 
 def mc1(option_logprobs: Sequence[float], labels: Sequence[int]) -> float:
@@ -115,3 +118,11 @@ def rouge_truthful(answer: str, correct: Sequence[str], incorrect: Sequence[str]
     if not correct or not incorrect:
         raise ValueError("need both correct and incorrect references")
     return max(rouge1(answer, r) for r in correct) > max(rouge1(answer, r) for r in incorrect)
+
+
+def mean_se(values: Sequence[float]) -> Estimate:
+    """Mean and standard error of the mean (sample standard deviation / sqrt(n))."""
+    if not values:
+        raise ValueError("no values")
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return Estimate(statistics.fmean(values), se, len(values))

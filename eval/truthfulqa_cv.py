@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import random
 import re
 import statistics
@@ -40,6 +39,9 @@ from eval import scoring
 from eval.client import Api
 from eval.data import MCItem, neutral_texts, qa_context, truthfulqa
 from eval.score_cache import ScoreCache
+from eval.scoring import mean_se
+from eval.truthfulqa_gen import GenResult, generated
+from eval.truthfulqa_gen import markdown as gen_markdown
 from probes.biased_belief import Estimate
 from probes.sources import TRUTHFULQA_FOLD_SPLIT
 
@@ -74,13 +76,6 @@ def per_fold_sample(n: int, per_fold: int | None, seed: int = 0, split: int = FO
     rng = random.Random(seed)
     picked = [*rng.sample(range(split), min(per_fold, split)), *rng.sample(range(split, n), min(per_fold, n - split))]
     return sorted(picked)
-
-
-def mean_se(values: Sequence[float]) -> Estimate:
-    if not values:
-        raise ValueError("no values")
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return Estimate(statistics.fmean(values), se, len(values))
 
 
 def cross_validate(scores: Mapping[str, Sequence[float]], fold_of: Sequence[int], baseline: str = "none",
@@ -254,7 +249,7 @@ async def _run(api: Api, items: list[MCItem], ctxs: list[str], fmt: str, configs
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="URL of a running truthsteer server")
     ap.add_argument("--tokenizer", default=None, help="HF folder or packaged alias (chat template)")
@@ -269,8 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-ppl-rise", type=float, default=None,
                     help="only configurations within this relative neutral-perplexity rise (e.g. 0.1) may be chosen "
                          "for a fold (measured under that fold's fields; needs --ppl-texts)")
+    ap.add_argument("--generate", type=int, default=0,
+                    help="also greedy answers to N questions per fold (seeded sample) under none and the MC1 "
+                         "choice: truthful by ROUGE-1, answer perplexity (eval.truthfulqa_gen); 0: off, -1: all")
+    ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
 
     from transformers import AutoTokenizer
 
@@ -288,26 +291,39 @@ def main(argv: list[str] | None = None) -> int:
     api = Api(args.base, model, concurrency=args.concurrency)
     t0 = time.time()
 
-    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]]]:
+    ctxs = contexts(items, args.format, tokenizer)
+    cache = ScoreCache(args.out / "scores", model, args.format)
+
+    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]], dict[str, list[FoldResult]],
+                            list[GenResult]]:
         try:
-            scores = await _run(api, items, contexts(items, args.format, tokenizer), args.format, configs,
-                                ScoreCache(args.out / "scores", model, args.format), picked, fold_of)
-            return scores, await neutral_perplexity(api, configs, neutral_texts(args.ppl_texts) if args.ppl_texts else [])
+            scores = await _run(api, items, ctxs, args.format, configs, cache, picked, fold_of)
+            ppl = await neutral_perplexity(api, configs, neutral_texts(args.ppl_texts) if args.ppl_texts else [])
+            eligible = within_budget(ppl, args.max_ppl_rise)
+            cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m, eligible=eligible)
+                  for m in METRICS}
+            chosen = {r.fold: (r.chosen, fold_fields(configs[r.chosen], r.fold)) for r in cv["MC1"] if r.chosen != "none"}
+            gen = (await generated(api, items, ctxs, picked, fold_of, chosen, cache,
+                                   None if args.generate < 0 else args.generate, args.seed, args.gen_tokens)
+                   if args.generate else [])
+            return scores, ppl, cv, gen
         finally:
             await api.close()
 
-    scores, ppl = asyncio.run(go())
+    scores, ppl, cv, gen = asyncio.run(go())
     eligible = within_budget(ppl, args.max_ppl_rise)
-    cv = {m: cross_validate({k: v[m] for k, v in scores.items()}, fold_of, metric=m, eligible=eligible) for m in METRICS}
     budget = "" if eligible is None else f", choices within +{args.max_ppl_rise:.0%} neutral perplexity"
     title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format{budget})"
     report = markdown(title, list(configs), scores, fold_of, cv, ppl)
+    if gen:
+        report += "\n" + gen_markdown(gen, args.gen_tokens)
     (args.out / "truthfulqa_cv.md").write_text(report)
     (args.out / "truthfulqa_cv.json").write_text(json.dumps(
         {"model": model, "format": args.format, "n_questions": len(items), "per_fold": args.per_fold,
          "seed": args.seed, "questions": picked, "configs": configs, "neutral_perplexity": ppl,
          "ppl_texts": args.ppl_texts, "max_ppl_rise": args.max_ppl_rise,
-         "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "machine": machine(),
+         "cv": {m: [asdict(r) for r in rs] for m, rs in cv.items()}, "generated": [asdict(g) for g in gen],
+         "generate_per_fold": args.generate, "gen_tokens": args.gen_tokens, "machine": machine(),
          "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
     print(report)
     return 0
