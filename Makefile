@@ -14,7 +14,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch eval-truthfulqa gpu-check integration-tp
+.PHONY: install model model-qwen model-gemma directions truth-data probes-report serve lint unit integration test bench clean prometheus-tools ui-tools deploy-check soak bench-quick eval eval-quick eval-switch eval-truthfulqa eval-truthfulqa-iti iti-folds gpu-check integration-tp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -154,6 +154,22 @@ eval-switch: install
 eval-truthfulqa: install
 	$(BIN)/python -m eval.truthfulqa_cv --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) \
 	  --configs @eval/candidates/truthfulqa-$(or $(MODEL),default).json --out eval/results/truthfulqa-cv-$(or $(MODEL),default)
+
+# Head-level ITI cross-validated on TruthfulQA (docs/eval.md). `make iti-folds MODEL=...` trains the
+# bundles that eval/candidates/truthfulqa-<MODEL>-iti-full.json names, each on one fold's questions
+# (fold 1's auto-K keeps 16 heads, so it is also the K16 candidate's fold-2 bundle); serve them with
+# TRUTHSTEER_DIRECTIONS='["directions/<MODEL>","<ITI_FOLDS>"]', then `make eval-truthfulqa-iti MODEL=... BASE=...`.
+ITI_FOLDS ?= .iti-folds/$(or $(MODEL),default)
+iti-folds: $(MODEL_TARGET)
+	for spec in 1:auto 2:auto 2:16 1:8 2:8; do f=$${spec%%:*}; k=$${spec##*:}; \
+	  $(BIN)/truthsteer probes heads $(if $(MODEL),--model $(MODEL) --dtype bfloat16) --domains truthfulqa \
+	    --max-per-domain 6000 --frame raw --truthfulqa-fold $$f --top-k $$k --name tqa-heads-f$$f-k$$k \
+	    --out $(ITI_FOLDS)/tqa-heads-f$$f-k$$k.safetensors || exit 1; done
+
+eval-truthfulqa-iti: install
+	$(BIN)/python -m eval.truthfulqa_cv --base $(BASE) $(if $(MODEL),--tokenizer $(MODEL)) --max-ppl-rise 0.1 \
+	  --configs @eval/candidates/truthfulqa-$(or $(MODEL),default)-iti-full.json \
+	  --out eval/results/truthfulqa-cv-$(or $(MODEL),default)-iti
 
 # --limit 5 into its own folder, so that it never overwrites the full results in eval/results/.
 eval-quick: model
