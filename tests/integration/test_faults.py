@@ -20,7 +20,9 @@ from tests.support.serve import server_process
 pytestmark = pytest.mark.engine
 MODEL = "smollm2"
 BASE_ENV = {"TRUTHSTEER_SERVED_MODEL_NAME": MODEL, "TRUTHSTEER_KV_CACHE_GIB": "1"}
-LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True, "temperature": 0}
+# long enough that no stream can finish before the engine-death test kills the worker (a 400-token
+# stream once did, on a quiet machine); the context is 2048 tokens
+LONG = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 1800, "ignore_eos": True, "temperature": 0}
 
 
 def _worker(pid: int) -> Any:
