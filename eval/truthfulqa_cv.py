@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     ctxs = contexts(items, args.format, tokenizer)
     cache = ScoreCache(args.out / "scores", model, args.format)
 
-    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]], dict[str, list[FoldResult]],
-                            list[GenResult]]:
+    async def go() -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[int, float]], dict[int, set[str]] | None,
+                            dict[str, list[FoldResult]], list[GenResult]]:
         try:
             scores = await _run(api, items, ctxs, args.format, configs, cache, picked, fold_of)
             ppl = await neutral_perplexity(api, configs, neutral_texts(args.ppl_texts) if args.ppl_texts else [])
@@ -306,12 +306,11 @@ def main(argv: list[str] | None = None) -> int:
             gen = (await generated(api, items, ctxs, picked, fold_of, chosen, cache,
                                    None if args.generate < 0 else args.generate, args.seed, args.gen_tokens)
                    if args.generate else [])
-            return scores, ppl, cv, gen
+            return scores, ppl, eligible, cv, gen
         finally:
             await api.close()
 
-    scores, ppl, cv, gen = asyncio.run(go())
-    eligible = within_budget(ppl, args.max_ppl_rise)
+    scores, ppl, eligible, cv, gen = asyncio.run(go())
     budget = "" if eligible is None else f", choices within +{args.max_ppl_rise:.0%} neutral perplexity"
     title = f"TruthfulQA v0 MC, two-fold CV by question, {model} ({len(items)} questions, {args.format} format{budget})"
     report = markdown(title, list(configs), scores, fold_of, cv, ppl)
