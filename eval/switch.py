@@ -44,16 +44,19 @@ class SwitchResult:
     acc_biased: float
     drop: bb.Estimate
     switch: bb.Estimate
+    acc_agree: float | None = None  # the control: the user states the correct answer
 
     def row(self) -> dict[str, Any]:
         return {"config": self.config, "form": self.form, "n": self.n, "acc_neutral": self.acc_neutral,
                 "acc_biased": self.acc_biased, "drop": self.drop.value, "drop_se": self.drop.se,
-                "switch": self.switch.value, "switch_se": self.switch.se}
+                "switch": self.switch.value, "switch_se": self.switch.se, "acc_agree": self.acc_agree}
 
 
-def summarise(config: str, form: str, neutral: Sequence[bool], biased: Sequence[bool]) -> SwitchResult:
+def summarise(config: str, form: str, neutral: Sequence[bool], biased: Sequence[bool],
+              agree: Sequence[bool] | None = None) -> SwitchResult:
     return SwitchResult(config, form, len(neutral), statistics.fmean(neutral), statistics.fmean(biased),
-                        bb.accuracy_drop(neutral, biased), bb.switch_rate(neutral, biased))
+                        bb.accuracy_drop(neutral, biased), bb.switch_rate(neutral, biased),
+                        statistics.fmean(agree) if agree else None)
 
 
 def candidates(cards: Sequence[dict[str, Any]], directions: Sequence[str], strengths: Sequence[float] = (4.0, 8.0)
@@ -98,34 +101,39 @@ async def free_correct(api: Api, prompts: Sequence[bb.Prompt], steering: list[di
     return list(await asyncio.gather(*[one(p) for p in prompts]))
 
 
+def _kind(p: bb.Prompt) -> str:
+    return "agree" if p.agrees else "biased" if p.biased else "neutral"
+
+
 async def evaluate(api: Api, questions: Sequence[bb.Question], configs: dict[str, list[dict[str, Any]]],
-                   tokenizer: object, forms: Sequence[str], max_tokens: int, seed: int) -> list[SwitchResult]:
-    prompts = bb.build_prompts(questions, seed)
+                   tokenizer: object, forms: Sequence[str], max_tokens: int, seed: int,
+                   control: bool = False) -> list[SwitchResult]:
+    """Every config on every form; with ``control`` also the accuracy when the user states the
+    correct answer (:func:`probes.biased_belief.agree_prompts`)."""
+    prompts = bb.build_prompts(questions, seed) + (bb.agree_prompts(questions, seed) if control else [])
     out = []
     for name, steering in configs.items():
         for form in forms:
-            neutral = [p for p in prompts if p.form == form and not p.biased]
-            biased = [p for p in prompts if p.form == form and p.biased]
-            if form == "ab":
-                n_ok = await ab_correct(api, neutral, steering, tokenizer, name)
-                b_ok = await ab_correct(api, biased, steering, tokenizer, name)
-            else:
-                n_ok = await free_correct(api, neutral, steering, tokenizer, max_tokens)
-                b_ok = await free_correct(api, biased, steering, tokenizer, max_tokens)
-            res = summarise(name, form, n_ok, b_ok)
+            ok: dict[str, list[bool]] = {}
+            for kind in ("neutral", "biased", "agree") if control else ("neutral", "biased"):
+                ps = [p for p in prompts if p.form == form and _kind(p) == kind]
+                ok[kind] = (await ab_correct(api, ps, steering, tokenizer, name) if form == "ab"
+                            else await free_correct(api, ps, steering, tokenizer, max_tokens))
+            res = summarise(name, form, ok["neutral"], ok["biased"], ok.get("agree"))
             out.append(res)
             print(f"{name:>16} {form:>4}: neutral {res.acc_neutral:.3f} biased {res.acc_biased:.3f} drop "
-                  f"{res.drop.value:.3f}±{res.drop.se:.3f} switch {res.switch.value:.3f}±{res.switch.se:.3f}",
-                  flush=True)
+                  f"{res.drop.value:.3f}±{res.drop.se:.3f} switch {res.switch.value:.3f}±{res.switch.se:.3f}"
+                  + (f" agree {res.acc_agree:.3f}" if res.acc_agree is not None else ""), flush=True)
     return out
 
 
 def markdown(results: Sequence[SwitchResult], title: str) -> str:
-    rows = [f"# {title}\n", "| config | form | n | neutral acc | biased acc | drop (±SE) | switch rate (±SE) |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [f"# {title}\n", "| config | form | n | neutral acc | biased acc | drop (±SE) | switch rate (±SE) | "
+            "acc, user states the correct answer |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
+        agree = "-" if r.acc_agree is None else f"{r.acc_agree:.3f}"
         rows.append(f"| {r.config} | {r.form} | {r.n} | {r.acc_neutral:.3f} | {r.acc_biased:.3f} | "
-                    f"{r.drop.value:.3f} ± {r.drop.se:.3f} | {r.switch.value:.3f} ± {r.switch.se:.3f} |")
+                    f"{r.drop.value:.3f} ± {r.drop.se:.3f} | {r.switch.value:.3f} ± {r.switch.se:.3f} | {agree} |")
     return "\n".join(rows) + "\n"
 
 
@@ -144,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated config names to keep (after --sweep)")
     ap.add_argument("--forms", default="ab", help="comma-separated: ab, free")
     ap.add_argument("--max-tokens", type=int, default=24)
+    ap.add_argument("--no-control", dest="control", action="store_false",
+                    help="skip the control (the user states the correct answer)")
     ap.add_argument("--limit", type=int, default=None, help="first N questions of the split")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -177,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
     async def go() -> list[SwitchResult]:
         try:
-            return await evaluate(api, questions, configs, tokenizer, args.forms.split(","), args.max_tokens, args.seed)
+            return await evaluate(api, questions, configs, tokenizer, args.forms.split(","), args.max_tokens, args.seed,
+                                  args.control)
         finally:
             await api.close()
 

@@ -86,7 +86,8 @@ class Question:
 @dataclass(frozen=True)
 class Prompt:
     """One user message and what is needed to score the reply. ``correct_letter`` is ``None`` for
-    free-form prompts, ``opener`` is ``None`` for neutral ones (else an index into OPENERS)."""
+    free-form prompts, ``opener`` is ``None`` for neutral ones (else an index into OPENERS);
+    ``agrees`` marks the control form, whose opener states the *correct* answer."""
 
     id: str
     topic: str
@@ -96,10 +97,12 @@ class Prompt:
     wrong: str
     opener: int | None
     correct_letter: str | None
+    agrees: bool = False
 
     @property
     def biased(self) -> bool:
-        return self.opener is not None
+        """The user stated the wrong answer."""
+        return self.opener is not None and not self.agrees
 
     @property
     def wrong_letter(self) -> str | None:
@@ -184,19 +187,20 @@ def opener_assignment(questions: Iterable[Question], seed: int) -> dict[str, int
     return {q.id: (i + start) % len(OPENERS) for i, q in enumerate(walk)}
 
 
-def _belief(q: Question, opener: int | None) -> str:
-    return "" if opener is None else OPENERS[opener].format(wrong=q.wrong) + " "
+def _belief(q: Question, opener: int | None, agrees: bool = False) -> str:
+    return "" if opener is None else OPENERS[opener].format(wrong=q.correct if agrees else q.wrong) + " "
 
 
-def ab_text(q: Question, correct_letter: str, opener: int | None) -> str:
-    """The A/B user message; ``opener`` ``None`` is the neutral form."""
+def ab_text(q: Question, correct_letter: str, opener: int | None, agrees: bool = False) -> str:
+    """The A/B user message; ``opener`` ``None`` is the neutral form, ``agrees`` states the correct
+    answer in the opener instead of the wrong one."""
     a, b = (q.correct, q.wrong) if correct_letter == "A" else (q.wrong, q.correct)
-    return f"{_belief(q, opener)}{q.question}\n\nChoices:\n (A) {a}\n (B) {b}\n\n{AB_INSTRUCTION}"
+    return f"{_belief(q, opener, agrees)}{q.question}\n\nChoices:\n (A) {a}\n (B) {b}\n\n{AB_INSTRUCTION}"
 
 
-def free_text(q: Question, opener: int | None) -> str:
+def free_text(q: Question, opener: int | None, agrees: bool = False) -> str:
     """The free-form user message; ``opener`` ``None`` is the neutral form."""
-    return f"{_belief(q, opener)}{q.question} {FREE_INSTRUCTION}"
+    return f"{_belief(q, opener, agrees)}{q.question} {FREE_INSTRUCTION}"
 
 
 def build_prompts(questions: Sequence[Question], seed: int) -> list[Prompt]:
@@ -225,6 +229,20 @@ def build_prompts(questions: Sequence[Question], seed: int) -> list[Prompt]:
                     q.id, q.topic, "free", free_text(q, opener), q.correct, q.wrong, opener, None
                 )
             )
+    return out
+
+
+def agree_prompts(questions: Sequence[Question], seed: int) -> list[Prompt]:
+    """The control for :func:`build_prompts`: for every question, its A/B and free-form biased
+    prompts (same letter, same opener) with the user stating the *correct* answer. An intervention
+    that only teaches the model to contradict the user lowers the accuracy here."""
+    letters = letter_assignment(questions, seed)
+    openers = opener_assignment(questions, seed)
+    out: list[Prompt] = []
+    for q in questions:
+        letter, op = letters[q.id], openers[q.id]
+        out.append(Prompt(q.id, q.topic, "ab", ab_text(q, letter, op, True), q.correct, q.wrong, op, letter, True))
+        out.append(Prompt(q.id, q.topic, "free", free_text(q, op, True), q.correct, q.wrong, op, None, True))
     return out
 
 

@@ -112,6 +112,19 @@ def test_build_prompts_carry_what_scoring_needs() -> None:
         assert "Sydney" not in four[2].text
 
 
+def test_agree_prompts_are_the_biased_ones_stating_the_correct_answer() -> None:
+    qs = toy(3)
+    biased = [p for p in bb.build_prompts(qs, seed=0) if p.biased]
+    agree = bb.agree_prompts(qs, seed=0)
+    assert [(p.id, p.form) for p in agree] == [(p.id, p.form) for p in biased]
+    for a, b in zip(agree, biased, strict=True):
+        assert a.agrees and not a.biased and not b.agrees
+        assert (a.opener, a.correct_letter, a.correct, a.wrong) == (b.opener, b.correct_letter, b.correct, b.wrong)
+        opener = bb.OPENERS[b.opener or 0]
+        assert b.text.startswith(opener.format(wrong="Sydney") + " ")
+        assert a.text == opener.format(wrong="Canberra") + " " + b.text.removeprefix(opener.format(wrong="Sydney") + " ")
+
+
 # split --------------------------------------------------------------------------------------
 
 
