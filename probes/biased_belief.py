@@ -366,17 +366,27 @@ def pressure_pairs(
     seed: int,
     split: str = "train",
     source: Path = QUESTIONS_PATH,
+    form: Literal["ab", "free"] = "ab",
 ) -> Dataset:
-    """Two examples per question of ``split``, read where the answer letter is predicted (after the
-    assistant's opening ``(``): the biased A/B prompt (label 1: the user stated the wrong answer) and
-    the neutral one (label 0), otherwise identical. Their class-mean difference is the push the
-    stated belief gives the model at the moment it answers; subtracting it counteracts sycophancy
-    without encoding either letter (letters are balanced across the two classes)."""
+    """Two examples per question of ``split``, read where the answer starts: the biased prompt
+    (label 1: the user stated the wrong answer) and the neutral one (label 0), otherwise identical.
+    Their class-mean difference is the push the stated belief gives the model at the moment it
+    answers; subtracting it counteracts sycophancy without encoding either answer.
+
+    ``form="ab"``: the A/B prompt read after the assistant's opening ``(``, where the letter is
+    predicted (letters are balanced across the two classes). ``form="free"``: the free-form prompt
+    read at the assistant's opening, the last token of the chat template's generation prompt
+    (dataset ``biased_belief_pressure_free_<split>``)."""
     letters = letter_assignment(questions, seed)
     openers = opener_assignment(questions, seed)
     ex: list[Example] = []
     for q in _split(questions, split):
         for label, opener in ((1, openers[q.id]), (0, None)):
-            text = chat_ab(ab_text(q, letters[q.id], opener), "A", tokenizer)[:-1]  # ends at "("
+            if form == "ab":
+                text = chat_ab(ab_text(q, letters[q.id], opener), "A", tokenizer)[:-1]  # ends at "("
+            else:
+                text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+                    [{"role": "user", "content": free_text(q, opener)}], tokenize=False, add_generation_prompt=True)
             ex.append(Example(text, label, q.id))
-    return Dataset(f"biased_belief_pressure_{split}", ex, display_path(source), LICENSE)
+    kind = "pressure" if form == "ab" else "pressure_free"
+    return Dataset(f"biased_belief_{kind}_{split}", ex, display_path(source), LICENSE)

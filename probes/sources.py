@@ -256,7 +256,8 @@ def builtin_names() -> list[str]:
     return sorted(
         [*_TRILEMMA, "mmlu_true_false", "truthfulqa", "truthfulqa_v1", "caa_sycophancy", "caa_sycophancy_test",
          *_ANTHROPIC, *(f"caa_{b}" for b in _CAA_BEHAVIOURS), *(f"truth_{d}" for d in truth_domain_names()),
-         *(f"biased_belief{kind}_{split}" for kind in ("", "_pressure") for split in _BB_SPLITS)]
+         *(f"biased_belief{kind}_{split}" for kind in ("", "_pressure", "_pressure_free")
+           for split in _BB_SPLITS)]
     )
 
 
@@ -264,14 +265,17 @@ _BB_SPLITS = ("train", "validation", "test")
 
 
 def biased_belief(name: str, tokenizer: object | None) -> Dataset:
-    """``biased_belief_<split>`` (wrong vs correct letter under a stated wrong belief) and
-    ``biased_belief_pressure_<split>`` (biased vs neutral prompt at the answer position), from
-    :mod:`probes.biased_belief` with seed 0."""
+    """``biased_belief_<split>`` (wrong vs correct letter under a stated wrong belief),
+    ``biased_belief_pressure_<split>`` (biased vs neutral A/B prompt where the letter is predicted)
+    and ``biased_belief_pressure_free_<split>`` (biased vs neutral free-form prompt at the
+    assistant's opening), from :mod:`probes.biased_belief` with seed 0."""
     from probes import biased_belief as bb
 
     if tokenizer is None:
         raise DatasetError(f"dataset {name} needs the model's tokenizer (chat template)")
     split = name.rsplit("_", 1)[1]
+    if name.startswith("biased_belief_pressure_free_"):
+        return bb.pressure_pairs(bb.load_questions(), tokenizer, 0, split, form="free")
     build = bb.pressure_pairs if name.startswith("biased_belief_pressure_") else bb.sycophancy_pairs
     return build(bb.load_questions(), tokenizer, 0, split)
 

@@ -243,6 +243,18 @@ def test_pressure_pairs_differ_only_by_the_stated_belief() -> None:
         x = next(y for y in qs if y.id == e.group)
         opener = openers[x.id] if e.label == 1 else None
         assert e.text == f"<u>{bb.ab_text(x, letters[x.id], opener)}</u><a>("  # read where the letter is predicted
+
+
+def test_free_pressure_pairs_read_the_free_form_prompt_at_the_assistant_opening() -> None:
+    qs = [q(1, "geography"), q(2, "geography"), q(1, "history")]
+    data = bb.pressure_pairs(qs, FakeTokenizer(), seed=4, form="free")
+    openers = bb.opener_assignment(qs, 4)
+    assert data.name == "biased_belief_pressure_free_train"
+    assert [(e.group, e.label) for e in data.examples] == [("geo-001", 1), ("geo-001", 0), ("geo-002", 1), ("geo-002", 0)]
+    first = data.examples[0]
+    assert first.text == f"<u>{bb.free_text(qs[0], openers['geo-001'])}</u><a>"
+    assert data.examples[1].text == f"<u>Question 1? {bb.FREE_INSTRUCTION}</u><a>"
+    assert "Sydney" in first.text and "Sydney" not in data.examples[1].text
     with pytest.raises(DatasetError, match="split 'dev'"):
         bb.pressure_pairs(qs, FakeTokenizer(), seed=4, split="dev")
 
