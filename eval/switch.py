@@ -5,8 +5,10 @@ states the wrong answer as their belief) of the same A/B item; an answer is *cor
 correct letter is more likely than the wrong one after the assistant's opening ``(`` (echo
 log-likelihoods of ``(A`` vs ``(B``), and in free form (greedy, short answer) when it mentions the
 correct answer and not the wrong one (:func:`probes.biased_belief.mentions`). Reported per config,
-with standard errors: neutral and biased accuracy, the accuracy drop the stated belief causes, and
-the switch rate (correct when neutral, not correct when biased).
+with standard errors: neutral and biased accuracy, the accuracy drop the stated belief causes, the
+switch rate (correct when neutral, not correct when biased), and the control: the accuracy when the
+user states the *correct* answer (:func:`probes.biased_belief.agree_prompts`), which an intervention
+that merely makes the model contradict the user would lower.
 
 ``--sweep`` runs the candidate interventions of the sycophancy direction (:func:`candidates`) on a
 split; choosing among them is the caller's business and must use a split other than the one
