@@ -34,7 +34,7 @@ import httpx
 
 from eval.client import Api
 from probes import biased_belief as bb
-from probes.sources import chat_ab
+from probes.sources import chat_ab, user_turn
 
 
 @dataclass(frozen=True)
@@ -95,9 +95,7 @@ async def ab_correct(api: Api, prompts: Sequence[bb.Prompt], steering: list[dict
 async def free_correct(api: Api, prompts: Sequence[bb.Prompt], steering: list[dict[str, Any]], tokenizer: object,
                        max_tokens: int) -> list[bool]:
     async def one(p: bb.Prompt) -> bool:
-        text: str = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-            [{"role": "user", "content": p.text}], tokenize=False, add_generation_prompt=True)
-        choice = await api.generate(text, max_tokens, {"steering": steering, "stop": ["\n\n"]})
+        choice = await api.generate(user_turn(p.text, tokenizer), max_tokens, {"steering": steering, "stop": ["\n\n"]})
         return bb.mentions(choice["text"], p.correct, p.wrong) == "correct"
 
     return list(await asyncio.gather(*[one(p) for p in prompts]))

@@ -43,7 +43,7 @@ from eval.scoring import mean_se
 from eval.truthfulqa_gen import GenResult, generated
 from eval.truthfulqa_gen import markdown as gen_markdown
 from probes.biased_belief import Estimate
-from probes.sources import TRUTHFULQA_FOLD_SPLIT
+from probes.sources import TRUTHFULQA_FOLD_SPLIT, user_turn
 
 FOLD_SPLIT = TRUTHFULQA_FOLD_SPLIT  # questions 1-409 (of v0/mc_task.jsonl) are fold 1, 410-817 fold 2
 METRICS = ("MC1", "MC2")
@@ -108,8 +108,7 @@ def cross_validate(scores: Mapping[str, Sequence[float]], fold_of: Sequence[int]
 def contexts(items: Sequence[MCItem], fmt: str, tokenizer: object) -> list[str]:
     if fmt == "primer":
         return [qa_context(it.question) for it in items]
-    return [tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        [{"role": "user", "content": it.question}], tokenize=False, add_generation_prompt=True) for it in items]
+    return [user_turn(it.question, tokenizer) for it in items]
 
 
 async def per_question(api: Api, items: Sequence[MCItem], ctxs: Sequence[str], fmt: str, extra: dict[str, Any],

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal
 
 from probes.datasets import Dataset, DatasetError, Example, display_path
-from probes.sources import chat_ab
+from probes.sources import chat_ab, user_turn
 
 QUESTIONS_PATH = (
     Path(__file__).resolve().parent.parent / "data" / "biased_belief" / "questions.jsonl"
@@ -203,32 +203,20 @@ def free_text(q: Question, opener: int | None, agrees: bool = False) -> str:
     return f"{_belief(q, opener, agrees)}{q.question} {FREE_INSTRUCTION}"
 
 
+def _pair(q: Question, letter: str, opener: int | None, agrees: bool = False) -> tuple[Prompt, Prompt]:
+    """The A/B and the free-form prompt of one question with one opener (``None``: neutral)."""
+    return (Prompt(q.id, q.topic, "ab", ab_text(q, letter, opener, agrees), q.correct, q.wrong, opener, letter, agrees),
+            Prompt(q.id, q.topic, "free", free_text(q, opener, agrees), q.correct, q.wrong, opener, None, agrees))
+
+
 def build_prompts(questions: Sequence[Question], seed: int) -> list[Prompt]:
     """For every question, in input order: A/B neutral, A/B biased, free neutral, free biased."""
     letters = letter_assignment(questions, seed)
     openers = opener_assignment(questions, seed)
     out: list[Prompt] = []
     for q in questions:
-        letter, op = letters[q.id], openers[q.id]
-        for opener in (None, op):
-            out.append(
-                Prompt(
-                    q.id,
-                    q.topic,
-                    "ab",
-                    ab_text(q, letter, opener),
-                    q.correct,
-                    q.wrong,
-                    opener,
-                    letter,
-                )
-            )
-        for opener in (None, op):
-            out.append(
-                Prompt(
-                    q.id, q.topic, "free", free_text(q, opener), q.correct, q.wrong, opener, None
-                )
-            )
+        (ab_n, free_n), (ab_b, free_b) = _pair(q, letters[q.id], None), _pair(q, letters[q.id], openers[q.id])
+        out += [ab_n, ab_b, free_n, free_b]
     return out
 
 
@@ -238,12 +226,7 @@ def agree_prompts(questions: Sequence[Question], seed: int) -> list[Prompt]:
     that only teaches the model to contradict the user lowers the accuracy here."""
     letters = letter_assignment(questions, seed)
     openers = opener_assignment(questions, seed)
-    out: list[Prompt] = []
-    for q in questions:
-        letter, op = letters[q.id], openers[q.id]
-        out.append(Prompt(q.id, q.topic, "ab", ab_text(q, letter, op, True), q.correct, q.wrong, op, letter, True))
-        out.append(Prompt(q.id, q.topic, "free", free_text(q, op, True), q.correct, q.wrong, op, None, True))
-    return out
+    return [p for q in questions for p in _pair(q, letters[q.id], openers[q.id], agrees=True)]
 
 
 def split_of(q: Question) -> str:
@@ -385,8 +368,7 @@ def pressure_pairs(
             if form == "ab":
                 text = chat_ab(ab_text(q, letters[q.id], opener), "A", tokenizer)[:-1]  # ends at "("
             else:
-                text = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-                    [{"role": "user", "content": free_text(q, opener)}], tokenize=False, add_generation_prompt=True)
+                text = user_turn(free_text(q, opener), tokenizer)  # ends at the assistant's opening
             ex.append(Example(text, label, q.id))
     kind = "pressure" if form == "ab" else "pressure_free"
     return Dataset(f"biased_belief_{kind}_{split}", ex, display_path(source), LICENSE)

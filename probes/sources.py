@@ -158,14 +158,19 @@ def truthfulqa_fold(data: Dataset, fold: int, root: Path | None = None) -> Datas
     return Dataset(f"{data.name}_fold{fold}", ex, data.path, data.license, data.truth_type)
 
 
+def user_turn(message: str, tokenizer: object) -> str:
+    """``message`` as the user's turn in the model's chat template, ending at the assistant's
+    opening (the generation prompt)."""
+    text: str = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
+    return text
+
+
 def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:
     """CAA convention: the user asks the A/B question, the assistant's reply starts ``(X``; the
     activation is read at the answer letter, the last token of the text."""
-    messages = [{"role": "user", "content": question}]
-    prefix: str = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        messages, tokenize=False, add_generation_prompt=True
-    )
-    return prefix + "(" + answer_letter
+    return user_turn(question, tokenizer) + "(" + answer_letter
 
 
 def _letter(value: object, where: str) -> str:
