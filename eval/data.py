@@ -131,19 +131,24 @@ def neutral_texts(limit: int | None) -> list[str]:
 
 
 def truth_heldout(tokenizer: object | None, limit: int | None) -> dict[str, ds.Dataset]:
-    """Held-out sets for the truth probe: the preset's own test split (cities + word types,
-    subsampled to 1500 each, grouped split 0.2, seed 0, exactly as `probes train` made it) and
-    out-of-distribution sets never trained on."""
-    parts = [ds.subsample(src.builtin(n), 1500, 0) for n in ("cities", "word_types")]
-    train = ds.concat("cities+word_types", parts)
-    _, test = ds.group_split(train.examples, 0.2, 0)
-    sets = {"cities+word_types:test": ds.Dataset("cities+word_types:test", test, train.path, train.license),
-            "word_synonyms (OOD)": src.builtin("word_synonyms"),
-            "word_instances (OOD)": src.builtin("word_instances")}
-    with (ds.data_root() / "mmlu_true_false" / "mmlu_true_false.csv").open(newline="") as f:
-        mmlu = [ds.Example(r["statement"], int(r["label"]), str(i)) for i, r in enumerate(csv.DictReader(f))]
-    sets["mmlu_true_false (OOD)"] = ds.Dataset("mmlu_true_false", mmlu, "mmlu_true_false.csv", "MIT")
-    return {k: balanced(v, limit) for k, v in sets.items()}
+    """Held-out sets for the truth probes, which ``truthsteer probes lodo`` trains (every shipped
+    ``truth`` bundle): each truth domain's test split (the groups :func:`probes.lodo.in_lodo_test`
+    puts there, which no bundle is fitted on), pooled by truth type and over the negated statements
+    among them, and TruthfulQA's answers (searched but never trained into a shipped bundle, see
+    ``probes lodo --bundle-exclude``). A bundle trained otherwise (``probes train``) may have seen
+    some of these; its own ``metrics`` say what it held out."""
+    from probes.lodo import in_lodo_test
+
+    by_type: dict[str, list[ds.Example]] = {}
+    for name, d in src.truth_domains().items():
+        if name != "truthfulqa":
+            by_type.setdefault(d.truth_type or "other", []).extend(e for e in d.examples if in_lodo_test(e.group))
+    path, lic = "data/truth_domains + licensed sets (test splits)", "see data/*/LICENSE"
+    sets = {f"{t} (test split)": ds.Dataset(t, ex, path, lic) for t, ex in sorted(by_type.items())}
+    negated = [e for ex in by_type.values() for e in ex if e.negated]
+    sets["negated (test split)"] = ds.Dataset("negated", negated, path, lic)
+    sets["truthfulqa (never trained on)"] = src.truth_domain("truthfulqa")
+    return {k: balanced(v, limit if limit is not None else 300) for k, v in sets.items()}
 
 
 def balanced(data: ds.Dataset, per_class: int | None, seed: int = 1) -> ds.Dataset:

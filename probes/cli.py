@@ -23,6 +23,7 @@ from probes import datasets as ds
 from probes import sources
 from probes.evaluate import evaluate, markdown_table
 from probes.extract import activation_path, cached_activations, load_hf
+from probes.frames import framed
 from probes.methods import METHODS, PROBE_C
 from probes.presets import PRESETS, Preset
 from probes.report import Split, compare, write
@@ -278,11 +279,13 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     ctx = _Ctx(args.model, args.batch_size, args.max_per_dataset, args.server, args.key, args.dtype)
     bundle = load_bundle(args.bundle, ctx.info)
+    frame = bundle.meta.probe.frame if bundle.meta.probe else None
     results = []
     for spec in args.dataset.split(","):
         data = load_spec(spec, ctx, args.seed, args.max_items)
         if not data.examples:
             raise ds.DatasetError(f"{spec}: no examples")
+        data = framed(data, frame, ctx.tok)  # read where the probe was trained (and is served)
         x, y = ctx.acts(data)
         results.append(evaluate(bundle, x, y.tolist(), [e.group for e in data.examples], spec))
     table = markdown_table([r.row() for r in results])

@@ -21,6 +21,10 @@ whatever the frame.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from probes.datasets import Dataset
 from steering.bundle import ProbeFrame
 
 CHAT_QUESTION = "Is the following statement true or false?\n\n{statement}"
@@ -43,3 +47,12 @@ def get_frame(name: str) -> ProbeFrame:
         return FRAMES[name]
     except KeyError:
         raise ValueError(f"unknown frame {name!r} (have {', '.join(FRAMES)})") from None
+
+
+def framed(data: Dataset, frame: ProbeFrame | None, tokenizer: Any) -> Dataset:
+    """``data`` with every statement put in ``frame`` (itself when there is none, or it is raw), so
+    an offline evaluation reads a bundle's probe where it was trained and where the server reads it."""
+    if frame is None or frame.kind == "raw":
+        return data
+    examples = [dataclasses.replace(e, text=frame.apply(e.text, tokenizer)) for e in data.examples]
+    return dataclasses.replace(data, name=f"{data.name} ({frame.name} frame)", examples=examples)

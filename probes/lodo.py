@@ -40,10 +40,17 @@ class DomainData:
 
     def side(self, which: str, seed: int) -> np.ndarray:
         """Indices of the ``train`` / ``val`` / ``test`` split (by group)."""
-        test = np.array([in_test(g, TEST_FRAC, seed, "lodo-test:") for g in self.groups], dtype=bool)
+        test = np.array([in_lodo_test(g, seed) for g in self.groups], dtype=bool)
         val = ~test & np.array([in_test(g, VAL_FRAC, seed, "lodo-val:") for g in self.groups], dtype=bool)
         mask = {"test": test, "val": val, "train": ~test & ~val, "trainval": ~test}[which]
         return np.flatnonzero(mask)
+
+
+def in_lodo_test(group: str, seed: int = 0) -> bool:
+    """Whether a statement's group is on a domain's test side: the groups that neither the search's
+    choices nor the bundles it ships (fitted on train + validation) ever see. It depends on the
+    group alone, so it holds for a domain's every statement, not only a run's subsample."""
+    return in_test(group, TEST_FRAC, seed, "lodo-test:")
 
 
 Layers = tuple[int, ...]  # one layer, or a band whose activations are averaged

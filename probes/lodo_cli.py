@@ -5,8 +5,10 @@ activations extracted through the per-text store (:mod:`probes.actstore`), and
 :func:`probes.lodo.search` ranks the recipes. The frame and recipe with the best mean LODO
 *validation* AUROC win; the report shows their test numbers, the transfer matrix and the
 Mahalanobis-cosine fit. With ``--bundles DIR`` the winner is trained on every domain's train and
-validation splits into ``DIR/truth.safetensors`` (the domain-general probe; steering vectors are
-class-mean differences per layer), and one ``truth-<type>.safetensors`` per truth type with the
+validation splits (but not ``--bundle-exclude``'s, by default TruthfulQA: the intervention
+evaluation's benchmark, which a shipped truth direction must not have seen) into
+``DIR/truth.safetensors`` (the domain-general probe; steering vectors are class-mean differences
+per layer), and one ``truth-<type>.safetensors`` per truth type with the
 same recipe on that type's domains (for steering along domain-specific directions). Every bundle
 records its frame, recipe, LODO AUROCs and its in-domain test AUROC.
 """
@@ -61,6 +63,9 @@ def add_parser(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--key", default=None, help="API key for --server")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--bundles", type=Path, default=None, help="write truth and truth-<type> bundles here")
+    p.add_argument("--bundle-exclude", default="truthfulqa",
+                   help="comma-separated domains searched and held out but never trained into the bundles (default: "
+                   "truthfulqa, the benchmark of the intervention evaluation; '' trains on every domain)")
     p.add_argument("--title", default="Truth probes: leave-one-domain-out")
     p.set_defaults(func=run)
 
@@ -88,6 +93,19 @@ def load_domains(names: list[str] | None, cap: int, seed: int) -> dict[str, ds.D
     if unknown:
         raise ds.DatasetError(f"unknown truth domain(s) {unknown} (have {', '.join(sorted(every))})")
     return {n: ds.subsample(d, cap, seed) for n, d in every.items() if names is None or n in names}
+
+
+def bundle_domains(doms: list[DomainData], exclude: str) -> list[DomainData]:
+    """The domains a shipped bundle is fitted on: all but the comma-separated ``exclude`` (each a
+    known truth domain, whether or not this run searched it)."""
+    left_out = set(filter(None, exclude.split(",")))
+    unknown = sorted(left_out - set(sources.truth_domain_names()))
+    if unknown:
+        raise ds.DatasetError(f"--bundle-exclude: unknown truth domain(s) {unknown}")
+    kept = [d for d in doms if d.name not in left_out]
+    if not kept:
+        raise ds.DatasetError("--bundle-exclude leaves no domain to train the bundles on")
+    return kept
 
 
 def domain_data(data: dict[str, ds.Dataset], frame: str, store: ActivationStore, model: Any, tok: Any,
@@ -131,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
              f"*other* domains' training splits. Frames: {', '.join(results)}.")
     print(write(args.out, args.title, notes, results, (frame, best), m, cos, [d.name for d in doms], sizes))
     if args.bundles:
-        for bundle in domain_bundles(doms, best, get_frame(frame), info, data, args.seed):
+        for bundle in domain_bundles(bundle_domains(doms, args.bundle_exclude), best, get_frame(frame), info,
+                                     data, args.seed):
             path = save_bundle(bundle, args.bundles / f"{bundle.name}.safetensors")
             print(f"{path}: probe layer {bundle.meta.probe.layer if bundle.meta.probe else '-'}, "
                   f"in-domain test AUROC {bundle.meta.metrics.get('heldout_auroc', float('nan')):.3f}")

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from probes.actstore import ActivationStore, model_key, text_key
+from probes.datasets import Dataset, Example
 from probes.extract import last_token_activations, load_hf
-from probes.frames import FRAMES, get_frame
+from probes.frames import FRAMES, framed, get_frame
 from steering.bundle import ProbeFrame
 from steering.errors import BundleError
 from tests.support.tiny import make_tiny_llama
@@ -37,6 +38,16 @@ def test_frames_put_the_statement_where_training_and_serving_read_it() -> None:
         ProbeFrame(name="bad", kind="text", template="{statement}", answer="It is")
     with pytest.raises(ValueError, match="unknown frame"):
         get_frame("nope")
+
+
+def test_framed_datasets_keep_labels_groups_and_flags() -> None:
+    data = Dataset("d", [Example("A is B.", 1, "g1", "dom", True, "empirical"), Example("A is C.", 0, "g1")], "p", "L")
+    assert framed(data, None, ChatTok()) is data and framed(data, FRAMES["raw"], ChatTok()) is data
+    out = framed(data, FRAMES["verdict"], ChatTok())
+    assert out.texts() == [FRAMES["verdict"].apply(t, ChatTok()) for t in data.texts()]
+    assert [(e.label, e.group, e.domain, e.negated, e.truth_type) for e in out.examples] == \
+        [(1, "g1", "dom", True, "empirical"), (0, "g1", "", None, "")]
+    assert (out.path, out.license, out.name) == ("p", "L", "d (verdict frame)")
 
 
 @pytest.fixture(scope="module")

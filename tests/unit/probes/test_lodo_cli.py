@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,3 +52,20 @@ def test_local_extraction_is_the_hf_model_under_the_historical_key(tmp_path: Pat
     model, _, store = lodo_cli.extractor(make_tiny_llama(tmp_path / "tiny"), "sha256:tiny", 2, torch.float32, None, None)
     assert isinstance(model, torch.nn.Module) and store.extract is None
     assert store.dir.name == "sha256-tiny-float32"
+
+
+def test_bundles_leave_out_the_excluded_domains_and_reject_unknown_ones() -> None:
+    from probes import datasets as ds
+    from probes.lodo import DomainData
+
+    def dom(name: str) -> DomainData:
+        return DomainData(name, "empirical", np.zeros((2, 1, 1)), np.array([0, 1]), ["a", "b"], np.zeros(2, bool))
+
+    doms = [dom("cities"), dom("truthfulqa"), dom("ethics")]
+    assert [d.name for d in lodo_cli.bundle_domains(doms, "truthfulqa")] == ["cities", "ethics"]
+    assert [d.name for d in lodo_cli.bundle_domains(doms, "")] == ["cities", "truthfulqa", "ethics"]
+    assert [d.name for d in lodo_cli.bundle_domains(doms[:1], "truthfulqa,ethics")] == ["cities"]
+    with pytest.raises(ds.DatasetError, match=r"unknown truth domain\(s\) \['nope'\]"):
+        lodo_cli.bundle_domains(doms, "truthfulqa,nope")
+    with pytest.raises(ds.DatasetError, match="no domain"):
+        lodo_cli.bundle_domains(doms[1:2], "truthfulqa")
