@@ -161,3 +161,31 @@ def test_recommended_steering_is_validated_like_a_request() -> None:
         b = DirectionBundle(meta=meta, vectors=good.vectors, probe_weight=good.probe_weight, source="t.safetensors")
         with pytest.raises(BundleError, match=rf"t\.safetensors: {re.escape(param)}"):
             check_recommendations({"truth": b}, INFO.num_layers)
+
+
+REPO = Path(__file__).resolve().parents[3]
+SHIPPED = sorted((REPO / "directions").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_shipped_bundle_cites_data_inside_the_repository(path: Path) -> None:
+    """Bundle metadata names the files it was trained on as repository paths that exist, with a
+    license; a clone has nothing beside it (no ``../shared``)."""
+    refs = load_bundle(path).meta.training.datasets
+    assert refs
+    for ref in refs:
+        assert not Path(ref.path).is_absolute(), (ref.name, ref.path)
+        assert (REPO / ref.path).is_file(), (ref.name, ref.path)
+        assert ref.license, ref.name
+
+
+@pytest.mark.parametrize("path", [p for p in SHIPPED if p.name.startswith("truth") and "heads" not in p.name],
+                         ids=lambda p: p.relative_to(REPO).as_posix())
+def test_shipped_truth_bundles_never_train_on_truthfulqa(path: Path) -> None:
+    """TruthfulQA is the benchmark of the intervention evaluation (``make eval``): a shipped truth
+    probe or direction fitted on its answers would leak into it (the head-level ITI bundles are
+    trained on one fold of it on purpose and scored on the other, see docs/eval.md)."""
+    meta = load_bundle(path).meta
+    assert meta.training.method == "domain-mean-diff"  # a leave-one-domain-out bundle
+    assert not [r.name for r in meta.training.datasets if "truthfulqa" in r.name or "TruthfulQA" in r.path]
+    assert {"lodo_test_mean", "lodo_test_pooled"} <= set(meta.metrics) or meta.name != "truth"
