@@ -203,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.merge and latest.exists():
         old = json.loads(latest.read_text())
         parts_run = {**old.get("parts_run", {}), **parts_run}
-        # per config: rows of configs not re-run are kept
-        res = {**old, **{k: ({**old[k], **v} if isinstance(v, dict) and isinstance(old.get(k), dict) else v)
-                         for k, v in res.items()}}
+        res = merged(old, res, keep_rows=args.only is not None)
     res |= run | {"parts_run": parts_run}
     args.out.mkdir(parents=True, exist_ok=True)
     latest.write_text(json.dumps(res, indent=2, default=_json) + "\n")
@@ -215,6 +213,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {p}")
     print(md)
     return 0
+
+
+def merged(old: dict[str, Any], new: dict[str, Any], keep_rows: bool) -> dict[str, Any]:
+    """``--merge``: the results of the parts re-run replace the old ones; with ``keep_rows`` (an
+    ``--only`` run, which re-ran some configs of a part) the old rows of the other configs stay."""
+    def one(k: str, v: Any) -> Any:
+        return {**old[k], **v} if keep_rows and isinstance(v, dict) and isinstance(old.get(k), dict) else v
+
+    return {**old, **{k: one(k, v) for k, v in new.items()}}
 
 
 def _json(v: Any) -> Any:

@@ -86,10 +86,15 @@ def test_every_panel_query_returns_data_for_a_real_server(server: str, tmp_path:
             json.dumps({"direction": "sycophancy", "op": "ablate"}): 1.0,
             json.dumps({"direction": "truth", "op": "add"}): 1.0,
             json.dumps({"direction": "truth", "op": "clamp"}): 1.0}
-        # chat_clamp_probes (1 choice) + completion_probes (2 choices) score with both probes.
+        # chat_clamp_probes (1 choice, every served probe) + completion_probes (2 choices, truth and
+        # sycophancy); /v1/probes/score is not a generation and counts nothing here.
+        listed = httpx.get(f"{server}/v1/directions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+        served = {d["name"] for d in listed.json()["data"] if d["probe_layer"] is not None}
+        assert {"truth", "sycophancy"} <= served
+        expected = {p: 3.0 if p in ("truth", "sycophancy") else 1.0 for p in served}
         assert total("sum by (probe) (truthsteer_probe_score_count)") == {
-            json.dumps({"probe": "sycophancy"}): 3.0, json.dumps({"probe": "truth"}): 3.0}
+            json.dumps({"probe": p}): n for p, n in expected.items()}
         # how many of them are flagged depends on the generated text; the series exist and count choices
         flagged = total("sum by (probe) (truthsteer_probe_flagged_total)")
-        assert set(flagged) == {json.dumps({"probe": "sycophancy"}), json.dumps({"probe": "truth"})}
-        assert all(0.0 <= v <= 3.0 and v.is_integer() for v in flagged.values())
+        assert set(flagged) == {json.dumps({"probe": p}) for p in served}
+        assert all(0.0 <= v <= expected[json.loads(k)["probe"]] and v.is_integer() for k, v in flagged.items())

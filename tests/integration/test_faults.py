@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -106,9 +107,15 @@ def small_server() -> Iterator[str]:
 
 
 def test_a_burst_beyond_the_queue_limit_gets_429s_and_the_admitted_requests_complete(small_server: str) -> None:
-    body = {"model": MODEL, "prompt": "The city of Paris is", "max_tokens": 8, "temperature": 0}
+    # A long prompt (a slower first token) and a barrier (all 32 sent at once): the burst is queued
+    # before any request leaves the queue, however busy the machine is.
+    prompt = "Paris, Lyon, Marseille, Toulouse, Nice, Nantes, Strasbourg and Bordeaux are cities. " * 2
+    body = {"model": MODEL, "prompt": prompt + "The city of Paris is", "max_tokens": 8, "temperature": 0,
+            "ignore_eos": True}
+    start = threading.Barrier(32)
 
     def one(_i: int) -> httpx.Response:
+        start.wait()
         return httpx.post(f"{small_server}/v1/completions", json=body, timeout=300)
 
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
