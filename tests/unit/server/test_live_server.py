@@ -205,10 +205,9 @@ def test_concurrent_registry_changes_never_change_a_running_request(tmp_path: Pa
         def churn() -> None:
             rng = random.Random(0)
             while not stop.is_set():
-                if rng.random() < 0.2:
+                if rng.random() < 0.1:  # deleted, and back with the next push: a short window of 400s
                     c.delete("/v1/directions/live")
-                else:
-                    pushed.append(c.post("/v1/directions", json=bodies[rng.choice(list(bodies))]).status_code)
+                pushed.append(c.post("/v1/directions", json=bodies[rng.choice(list(bodies))]).status_code)
 
         def one(i: int) -> tuple[str, str | None]:
             p = f"p{i % 3}"
@@ -225,7 +224,7 @@ def test_concurrent_registry_changes_never_change_a_running_request(tmp_path: Pa
             stop.set()
             churner.result()
     outputs = [(p, t) for p, t in results if t is not None]
-    assert len(outputs) >= 30 and 200 in pushed
+    assert len(outputs) >= 30 and 200 in pushed, (len(outputs), len(results))
     for p, t in outputs:
         assert t in (solo[(p, "truth")], solo[(p, "other")]), p
     assert {t == solo[(p, "truth")] for p, t in outputs} == {True, False}  # both versions were served
