@@ -137,17 +137,18 @@ def truth_heldout(tokenizer: object | None, limit: int | None) -> dict[str, ds.D
     among them, and TruthfulQA's answers (searched but never trained into a shipped bundle, see
     ``probes lodo --bundle-exclude``). A bundle trained otherwise (``probes train``) may have seen
     some of these; its own ``metrics`` say what it held out."""
-    from probes.lodo import in_lodo_test
+    from probes.lodo import NEVER_IN_BUNDLES, in_lodo_test
 
+    domains = src.truth_domains()
     by_type: dict[str, list[ds.Example]] = {}
-    for name, d in src.truth_domains().items():
-        if name != "truthfulqa":
+    for name, d in domains.items():
+        if name not in NEVER_IN_BUNDLES:
             by_type.setdefault(d.truth_type or "other", []).extend(e for e in d.examples if in_lodo_test(e.group))
     path, lic = "data/truth_domains + licensed sets (test splits)", "see data/*/LICENSE"
     sets = {f"{t} (test split)": ds.Dataset(t, ex, path, lic) for t, ex in sorted(by_type.items())}
     negated = [e for ex in by_type.values() for e in ex if e.negated]
     sets["negated (test split)"] = ds.Dataset("negated", negated, path, lic)
-    sets["truthfulqa (never trained on)"] = src.truth_domain("truthfulqa")
+    sets |= {f"{name} (never trained on)": domains[name] for name in NEVER_IN_BUNDLES}
     return {k: balanced(v, limit if limit is not None else 300) for k, v in sets.items()}
 
 

@@ -25,6 +25,8 @@ from probes.methods import auroc
 from probes.recipes import get_recipe
 
 TEST_FRAC, VAL_FRAC = 0.2, 0.25  # of all groups; of the remaining groups
+# searched and scored, never fitted into a shipped bundle: the intervention evaluation's benchmark
+NEVER_IN_BUNDLES = ("truthfulqa",)
 
 
 @dataclass(frozen=True)

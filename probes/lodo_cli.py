@@ -29,6 +29,7 @@ from probes.actstore import ActivationStore, model_key
 from probes.extract import load_hf
 from probes.frames import FRAMES, get_frame
 from probes.lodo import (
+    NEVER_IN_BUNDLES,
     Candidate,
     DomainData,
     layer_grid,
@@ -63,7 +64,7 @@ def add_parser(psub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--key", default=None, help="API key for --server")
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument("--bundles", type=Path, default=None, help="write truth and truth-<type> bundles here")
-    p.add_argument("--bundle-exclude", default="truthfulqa",
+    p.add_argument("--bundle-exclude", default=",".join(NEVER_IN_BUNDLES),
                    help="comma-separated domains searched and held out but never trained into the bundles (default: "
                    "truthfulqa, the benchmark of the intervention evaluation; '' trains on every domain)")
     p.add_argument("--title", default="Truth probes: leave-one-domain-out")

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.manifests import dashboard_exprs, to_promql
 from tests.support.prom import MISSING, PROMETHEUS_BIN, running_prometheus
-from tests.support.serve import running_server
+from tests.support.serve import running_server, served_probes
 
 pytestmark = [pytest.mark.engine, pytest.mark.skipif(PROMETHEUS_BIN is None, reason=MISSING)]
 KEY = "sk-deploy-test"
@@ -88,8 +88,7 @@ def test_every_panel_query_returns_data_for_a_real_server(server: str, tmp_path:
             json.dumps({"direction": "truth", "op": "clamp"}): 1.0}
         # chat_clamp_probes (1 choice, every served probe) + completion_probes (2 choices, truth and
         # sycophancy); /v1/probes/score is not a generation and counts nothing here.
-        listed = httpx.get(f"{server}/v1/directions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
-        served = {d["name"] for d in listed.json()["data"] if d["probe_layer"] is not None}
+        served = served_probes(server, KEY)
         assert {"truth", "sycophancy"} <= served
         expected = {p: 3.0 if p in ("truth", "sycophancy") else 1.0 for p in served}
         assert total("sum by (probe) (truthsteer_probe_score_count)") == {

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.serve import running_server
+from tests.support.serve import running_server, served_probes
 
 pytestmark = pytest.mark.engine
 API_KEY = "sk-test-truthsteer"
@@ -182,8 +182,7 @@ def test_probe_score_endpoint_separates_true_from_false(server: str) -> None:
     assert sum(s[:6]) / 6 > sum(s[6:]) / 6 + 0.05
     mean = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": true[:2], "reduce": "mean"},
                       headers=_auth(), timeout=300).json()
-    listed = httpx.get(f"{server}/v1/directions", headers=_auth()).json()["data"]
-    with_probe = {d["name"] for d in listed if d["probe_layer"] is not None}
+    with_probe = served_probes(server, API_KEY)
     assert {"truth", "sycophancy"} <= with_probe
     assert set(mean["data"][0]["scores"]) == with_probe  # no `probes`: every served probe
     bad = httpx.post(f"{server}/v1/probes/score", json={"model": "smollm2", "input": "x", "probes": ["nope"]},

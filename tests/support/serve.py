@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+
 from tests.support.procs import free_port, running_process
 
 
@@ -37,3 +39,9 @@ def server_process(env: dict[str, str], log_path: Path | None = None, timeout_s:
                          env={**os.environ, **env, "TRUTHSTEER_PORT": str(port)},
                          timeout_s=timeout_s, poll_s=2, stop_s=60) as proc:
         yield base, proc, log_path
+
+
+def served_probes(base: str, key: str) -> set[str]:
+    """The names of the directions a running server scores with (those that carry a probe)."""
+    listed = httpx.get(f"{base}/v1/directions", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    return {d["name"] for d in listed.json()["data"] if d["probe_layer"] is not None}

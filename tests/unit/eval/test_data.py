@@ -32,4 +32,3 @@ def test_in_lodo_test_is_the_search_and_bundles_test_side() -> None:
     test = set(d.side("test", 0).tolist())
     assert test == {i for i, g in enumerate(groups) if in_lodo_test(g)}
     assert test.isdisjoint(d.side("trainval", 0).tolist()) and 0 < len(test) < 200
-
