@@ -47,7 +47,7 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Result]]
 def test_all_slots_mode_gives_the_cpu_modes_results_bit_for_bit(baseline: list[Result], tmp_path: Path) -> None:
     got = _results({"TRUTHSTEER_ALL_SLOTS": "true"}, tmp_path / "server.log")
     assert MODE_LINE in (tmp_path / "server.log").read_text()  # the engine did run the accelerator mode
-    assert max_difference(got, baseline) == 0.0
+    assert max_difference(got, baseline) == (0.0, "")
     steered = {r.name: r for r in baseline}
     assert steered["add"].tokens != steered["plain"].tokens  # the workload does steer
 
@@ -58,6 +58,6 @@ def test_tensor_parallel_3_equals_one_rank(baseline: list[Result], tmp_path: Pat
     env = {"TRUTHSTEER_TENSOR_PARALLEL_SIZE": "3", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     got = _results(env, tmp_path / "server.log", timeout_s=2400)
     assert (tmp_path / "server.log").read_text().count("truthsteer: steering op on 30 layers") == 3  # one per rank
-    diff = max_difference(got, baseline)
-    print(f"TP=3 vs TP=1: largest logprob / probe-score difference {diff:.2e}")  # shown with -s
-    assert diff <= TP_TOL
+    diff, where = max_difference(got, baseline)
+    print(f"TP=3 vs TP=1: largest logprob / probe-score difference {diff:.2e} ({where})")  # shown with -s
+    assert diff <= TP_TOL, where

@@ -59,7 +59,10 @@ def test_the_store_returns_exact_extractions_and_extracts_each_text_once(
         tiny: tuple[object, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, tok = tiny
     texts = ["paris is in france", "rome is in peru", "lima is not in italy"]
-    want = last_token_activations(model, tok, texts, progress=False)
+    # the store extracts in chunks of 2; a matrix product over another batch size may round
+    # differently in the last bit on some CPUs, so the reference extracts the same chunks
+    want = torch.cat([last_token_activations(model, tok, texts[:2], progress=False),
+                      last_token_activations(model, tok, texts[2:], progress=False)])
     store = ActivationStore(model_key("sha256:tiny", torch.float32), tmp_path, chunk=2)
     got = store.activations(model, tok, texts, progress=False)
     assert torch.equal(got, want)
