@@ -34,7 +34,8 @@ import httpx
 
 from eval.client import Api
 from probes import biased_belief as bb
-from probes.sources import chat_ab, user_turn
+from probes.sources import chat_ab
+from steering.chat import user_turn
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,8 @@ from eval.scoring import mean_se
 from eval.truthfulqa_gen import GenResult, generated
 from eval.truthfulqa_gen import markdown as gen_markdown
 from probes.biased_belief import Estimate
-from probes.sources import TRUTHFULQA_FOLD_SPLIT, user_turn
+from probes.sources import TRUTHFULQA_FOLD_SPLIT
+from steering.chat import user_turn
 
 FOLD_SPLIT = TRUTHFULQA_FOLD_SPLIT  # questions 1-409 (of v0/mc_task.jsonl) are fold 1, 410-817 fold 2
 METRICS = ("MC1", "MC2")

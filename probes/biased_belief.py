@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Literal
 
 from probes.datasets import Dataset, DatasetError, Example, display_path
-from probes.sources import chat_ab, user_turn
+from probes.sources import chat_ab
+from steering.chat import user_turn
 
 QUESTIONS_PATH = (
     Path(__file__).resolve().parent.parent / "data" / "biased_belief" / "questions.jsonl"

@@ -57,6 +57,7 @@ from probes.datasets import (
     parse_label,
     require_columns,
 )
+from steering.chat import user_turn
 
 TRILEMMA_LICENSE = "CC-BY-4.0 (Savcisens & Eliassi-Rad 2025, trilemma-of-truth)"
 CAA_LICENSE = "MIT (CAA, Rimsky et al. 2024) over CC-BY-4.0 (Anthropic model-written evals)"
@@ -156,15 +157,6 @@ def truthfulqa_fold(data: Dataset, fold: int, root: Path | None = None) -> Datas
     if not ex:
         raise DatasetError(f"{data.name}: no answer belongs to a TruthfulQA fold-{fold} question")
     return Dataset(f"{data.name}_fold{fold}", ex, data.path, data.license, data.truth_type)
-
-
-def user_turn(message: str, tokenizer: object) -> str:
-    """``message`` as the user's turn in the model's chat template, ending at the assistant's
-    opening (the generation prompt)."""
-    text: str = tokenizer.apply_chat_template(  # type: ignore[attr-defined]
-        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-    )
-    return text
 
 
 def chat_ab(question: str, answer_letter: str, tokenizer: object) -> str:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from steering.chat import user_turn
 from steering.errors import BundleError, field_path
 from steering.heads import HEAD_TENSOR_RE, HeadMeta, validate_heads
 from steering.model_info import ModelInfo
@@ -118,9 +119,7 @@ class ProbeFrame(_Strict):
         if self.kind == "text":
             return body
         try:
-            text: str = tokenizer.apply_chat_template(
-                [{"role": "user", "content": body}], tokenize=False, add_generation_prompt=True
-            )
+            text = user_turn(body, tokenizer)
         except (AttributeError, ValueError) as e:  # no tokenizer, or one without a chat template
             raise BundleError(f"frame {self.name!r} needs a tokenizer with a chat template: {e}") from None
         return text + self.answer

@@ -64,11 +64,10 @@ def _generate(args: argparse.Namespace) -> int:
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, seed=args.seed)
     prompts = args.prompt
     if args.chat:
+        from steering.chat import user_turn
+
         tok = llm.llm.get_tokenizer()
-        prompts = [
-            tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            for p in prompts
-        ]
+        prompts = [user_turn(p, tok) for p in prompts]
     outs = llm.generate(prompts, params, steering=steer or None)
     for p, o in zip(args.prompt, outs, strict=True):
         print(json.dumps({"prompt": p, "steering": args.steer, "text": o.outputs[0].text}))
