@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="items per dataset (quick CPU run: 5, about 8 min on 2 cores)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--base", default=None, help="URL of a running server (default: start one)")
-    ap.add_argument("--tokenizer", default=None, help="HF folder for the chat template (default: the bundled model)")
+    ap.add_argument("--tokenizer", default=None, help="packaged alias or HF folder for the chat template (default: the bundled model)")
     ap.add_argument("--parts", default="truthfulqa,sycophancy,sycophancy_gating,behaviours,gating,probes")
     ap.add_argument("--max-tokens", type=int, default=32, help="answer length for the gating/selective part")
     ap.add_argument("--concurrency", type=int, default=8)
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.servers import Server, machine
     from steering.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(str(args.tokenizer or resolve_model(None)))
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(args.tokenizer)))  # alias, folder or default
     server = None if args.base else Server.truthsteer()
     base = args.base or server.base  # type: ignore[union-attr]
     t0 = time.time()
