@@ -1,7 +1,11 @@
 """Engine configurations that must not change results, on the real default model and server:
 
-* the ops' all-slots mode (what accelerators run, ``TRUTHSTEER_ALL_SLOTS``) equals the CPU default
-  bit for bit;
+* the ops' all-slots mode (what accelerators run, ``TRUTHSTEER_ALL_SLOTS``) gives the CPU default's
+  tokens and interventions, and its logprobs and probe scores within ``MODE_TOL``. The ops
+  themselves are bit-identical in both modes (``tests/unit/steering/vllm/test_ops_modes.py``); through
+  a whole server, vLLM's scheduling and prefix cache may run a prompt in different batch shapes, and
+  on some CPUs (AMD EPYC here) a matrix product over another number of rows rounds differently in
+  the last bit (seen: 1.1e-8 in a logprob, 1.7e-24 in a probe score near 0);
 * tensor parallelism (marker ``tp``, ``make integration-tp``; not in ``make test``): vLLM's CPU
   backend runs one worker process per rank. SmolLM2-135M has 9 attention heads and 3 KV heads, so
   TP=2 is refused by vLLM ("Total number of attention heads (9) must be divisible by tensor
@@ -25,6 +29,7 @@ API_KEY = "sk-test-parity"
 ENV = {"TRUTHSTEER_API_KEYS": f'["{API_KEY}"]', "TRUTHSTEER_SERVED_MODEL_NAME": MODEL,
        "TRUTHSTEER_KV_CACHE_GIB": "0.5"}
 TP_TOL = 1e-3
+MODE_TOL = 1e-6  # last-bit rounding only: a leaking slot or a wrong row moves results by far more
 
 
 MODE_LINE = "all slots every step"  # in the worker's install line when the ops run in all-slots mode
@@ -44,10 +49,11 @@ def baseline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Result]]
     yield results
 
 
-def test_all_slots_mode_gives_the_cpu_modes_results_bit_for_bit(baseline: list[Result], tmp_path: Path) -> None:
+def test_all_slots_mode_gives_the_cpu_modes_results(baseline: list[Result], tmp_path: Path) -> None:
     got = _results({"TRUTHSTEER_ALL_SLOTS": "true"}, tmp_path / "server.log")
     assert MODE_LINE in (tmp_path / "server.log").read_text()  # the engine did run the accelerator mode
-    assert max_difference(got, baseline) == (0.0, "")
+    diff, where = max_difference(got, baseline)  # tokens and interventions must be equal (raises)
+    assert diff <= MODE_TOL, (diff, where)
     steered = {r.name: r for r in baseline}
     assert steered["add"].tokens != steered["plain"].tokens  # the workload does steer
 
