@@ -26,11 +26,9 @@ from typing import Any
 
 import torch
 
-from eval.switch import kind_of
+from eval.switch import KINDS, kind_of
 from probes import biased_belief as bb
-from steering.chat import user_turn
-
-KINDS = ("neutral", "biased", "agree")
+from probes.sources import chat_ab
 
 
 def first_difference(a: Sequence[int], b: Sequence[int]) -> tuple[list[int], int, int]:
@@ -64,11 +62,10 @@ def margins(model: Any, tok: Any, prompts: Sequence[bb.Prompt]) -> torch.Tensor:
     """``[len(prompts), depths]``: log p(correct letter) - log p(wrong letter) at each depth."""
     rows = []
     for p in prompts:
-        ctx = user_turn(p.text, tok)
         if p.correct_letter is None:
             raise ValueError(f"{p.id}: not an A/B prompt")
         wrong = "B" if p.correct_letter == "A" else "A"
-        enc = [tok(ctx + "(" + x, add_special_tokens=False)["input_ids"] for x in (p.correct_letter, wrong)]
+        enc = [tok(chat_ab(p.text, x, tok), add_special_tokens=False)["input_ids"] for x in (p.correct_letter, wrong)]
         prefix, good, bad = first_difference(*enc)
         lp = lens_logprobs(model, prefix, [good, bad])
         rows.append(lp[:, 0] - lp[:, 1])

@@ -102,6 +102,9 @@ async def free_correct(api: Api, prompts: Sequence[bb.Prompt], steering: list[di
     return list(await asyncio.gather(*[one(p) for p in prompts]))
 
 
+KINDS = ("neutral", "biased", "agree")  # the last is the control: the user states the correct answer
+
+
 def kind_of(p: bb.Prompt) -> str:
     """neutral, biased (the user states the wrong answer) or agree (the control)."""
     return "agree" if p.agrees else "biased" if p.biased else "neutral"
@@ -117,7 +120,7 @@ async def evaluate(api: Api, questions: Sequence[bb.Question], configs: dict[str
     for name, steering in configs.items():
         for form in forms:
             ok: dict[str, list[bool]] = {}
-            for kind in ("neutral", "biased", "agree") if control else ("neutral", "biased"):
+            for kind in KINDS if control else KINDS[:2]:
                 ps = [p for p in prompts if p.form == form and kind_of(p) == kind]
                 ok[kind] = (await ab_correct(api, ps, steering, tokenizer, name) if form == "ab"
                             else await free_correct(api, ps, steering, tokenizer, max_tokens))
